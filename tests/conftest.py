@@ -1,0 +1,25 @@
+"""Test session set-up: 8 simulated CPU devices and a persistent compilation cache.
+
+Both must be set before jax is imported anywhere, which is why they live here.
+"""
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def kvasir_dir():
+  path = SHARED_DATA / "kvasir-seg-train"
+  if not path.is_dir():
+    pytest.skip(f"real Kvasir-SEG pairs not present at {path} (see shared/data/README.md)")
+  return path
