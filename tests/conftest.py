@@ -19,7 +19,7 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" /
 
 @pytest.fixture(scope="session")
 def kvasir_dir():
-  path = SHARED_DATA / "kvasir-seg-train"
-  if not path.is_dir():
-    pytest.skip(f"real Kvasir-SEG pairs not present at {path} (see shared/data/README.md)")
-  return path
+    path = SHARED_DATA / "kvasir-seg-train"
+    if not path.is_dir():
+      pytest.skip(f"real Kvasir-SEG pairs not present at {path} (see shared/data/README.md)")
+    return path
