@@ -21,5 +21,5 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" /
 def kvasir_dir():
     path = SHARED_DATA / "kvasir-seg-train"
     if not path.is_dir():
-      pytest.skip(f"real Kvasir-SEG pairs not present at {path} (see shared/data/README.md)")
+        pytest.skip(f"real Kvasir-SEG pairs not present at {path} (see shared/data/README.md)")
     return path
