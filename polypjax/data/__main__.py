@@ -1,0 +1,26 @@
+"""`python -m polypjax.data DIR [DIR ...] [--json]`: inspect folders of image/mask pairs.
+
+Exit status 1 when any folder has an error (warnings alone exit 0).
+"""
+import argparse
+import json
+import sys
+
+from polypjax.data.inspect import format_report, inspect_folder
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m polypjax.data", description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", help="dataset folder(s) (Kvasir-SEG or CVC-ClinicDB layout)")
+    parser.add_argument("--json", action="store_true", help="print one JSON report per folder")
+    args = parser.parse_args(argv)
+    reports = [inspect_folder(f, progress=sys.stderr.isatty()) for f in args.folders]
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    else:
+        print("\n".join(format_report(r) for r in reports))
+    return 1 if any(r["errors"] for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

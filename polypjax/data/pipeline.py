@@ -1,0 +1,121 @@
+"""grain input pipelines: infinite sharded training streams and ordered, padded evaluation.
+
+Training: per-process shard of each source -> seeded shuffle (a new permutation every epoch) ->
+repeat -> (weighted mix of sources) -> decode + resize -> joint augmentation -> batch. The iterator
+state (`get_state`/`set_state`, or grain's orbax handler) is saved with the model so a resumed run
+sees the same sequence.
+
+Evaluation: the global index space is padded up to whole global batches; process p takes columns
+[p*b, (p+1)*b) of every global batch, so each example is seen exactly once across processes, in
+order, and padded slots carry `valid=False`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+from polypjax.data import augment as augment_lib
+
+
+def resize_pair(pair: dict, size: int | None) -> dict:
+    """Square resize: image bilinear, mask nearest (keeps it binary)."""
+    image, mask = pair["image"], pair["mask"]
+    if size is not None and image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+    return {"image": image, "mask": mask}
+
+
+def _check_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of "
+                         f"the number of processes ({process_count})")
+    return global_batch_size // process_count
+
+
+def _process(process_index, process_count):
+    if process_index is None or process_count is None:
+        import jax
+        return jax.process_index(), jax.process_count()
+    return process_index, process_count
+
+
+def _shuffled_stream(source, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
+    ds = grain.MapDataset.source(source)
+    if process_count > 1:
+        if len(source) < process_count:
+            raise ValueError(f"{getattr(source, 'name', source)} has {len(source)} examples, fewer "
+                             f"than the {process_count} processes")
+        ds = ds[process_index::process_count]
+    return ds.shuffle(seed=seed).repeat()
+
+
+def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int,
+                  weights: Sequence[float] | None = None, augment=None,
+                  process_index: int | None = None, process_count: int | None = None,
+                  worker_count: int = 0) -> grain.IterDataset:
+    """Infinite stream of {"image": uint8 [b,S,S,3], "mask": uint8 [b,S,S]} local batches.
+
+    `sources` is one source or a list mixed by `weights` (exact proportions, interleaved).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    local_batch = _check_batch(global_batch_size, process_count)
+    if not isinstance(sources, (list, tuple)):
+        sources = [sources]
+    streams = [_shuffled_stream(s, seed + 1009 * k, process_index, process_count)
+               for k, s in enumerate(sources)]
+    if len(streams) == 1:
+        ds = streams[0]
+    else:
+        if weights is None or len(weights) != len(streams) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"mixing {len(streams)} sources needs as many non-negative weights, got {weights}")
+        ds = grain.MapDataset.mix(streams, list(weights))
+    ds = ds.map(lambda pair: resize_pair(pair, image_size))
+    if augment is not None and augment.enabled:
+        ds = ds.random_map(lambda pair, rng: dict(zip(("image", "mask"), augment_lib.augment_pair(
+            pair["image"], pair["mask"], rng, augment))), seed=seed)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    it = ds.to_iter_dataset()
+    if worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it
+
+
+class _PaddedEvalSource:
+    """Maps this process's slots of the padded global order to source indices."""
+
+    def __init__(self, source, global_batch_size: int, process_index: int, process_count: int):
+        self.source = source
+        self.local_batch = _check_batch(global_batch_size, process_count)
+        self.num_batches = max(1, math.ceil(len(source) / global_batch_size))
+        self.global_batch_size = global_batch_size
+        self.process_index = process_index
+
+    def __len__(self) -> int:
+        return self.num_batches * self.local_batch
+
+    def __getitem__(self, slot: int) -> dict:
+        batch, column = divmod(slot, self.local_batch)
+        index = batch * self.global_batch_size + self.process_index * self.local_batch + column
+        valid = index < len(self.source)
+        # Padded slots repeat example 0 so shapes and dtypes match; `valid` removes them from metrics.
+        pair = self.source[index if valid else 0]
+        return {**pair, "index": np.int64(index if valid else -1), "valid": np.bool_(valid)}
+
+
+def eval_dataset(source, *, image_size: int, global_batch_size: int,
+                 process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
+    """Finite, ordered batches with "index" (source index, -1 for padding) and "valid" fields."""
+    process_index, process_count = _process(process_index, process_count)
+    padded = _PaddedEvalSource(source, global_batch_size, process_index, process_count)
+    ds = grain.MapDataset.source(padded).map(
+        lambda p: {**resize_pair(p, image_size), "index": p["index"], "valid": p["valid"]})
+    return ds.batch(padded.local_batch)
+
+
+def num_eval_batches(source, global_batch_size: int) -> int:
+    return max(1, math.ceil(len(source) / global_batch_size))

@@ -1,0 +1,67 @@
+"""polypjax entry point.
+
+    python -m polypjax.main --config=configs/<task>.py --workdir=DIR [--config.data.image_size=128 ...]
+
+`config.task` selects what runs (see polypjax/tasks.py). The config is validated before any work
+and the resolved config is written to DIR/config.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
+
+
+def run(config, workdir: str) -> None:
+    """Validates `config`, records it in `workdir` and runs its task (also the API for tests)."""
+    from polypjax import configlib, parallel, tasks
+    from polypjax.data import export
+    resolved = configlib.resolve(config)
+    parallel.initialize_distributed(resolved.distributed.coordinator_address or None,
+                                    resolved.distributed.num_processes, resolved.distributed.process_id)
+    workdir_path = pathlib.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    import jax
+    if jax.process_index() == 0:
+        export.atomic_write_text(workdir_path / "config.json",
+                                 json.dumps(resolved.to_dict(), indent=2, sort_keys=True) + "\n")
+    tasks.module(resolved.task).run(resolved, workdir_path)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from polypjax.configlib import ConfigError
+    from polypjax.data.sources import DataError
+    if _WORKDIR.value is None:
+        sys.exit("error: --workdir is required")
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, DataError) as e:
+        logging.shutdown()
+        sys.exit(f"error: {e}")
+
+
+def parse_flags(argv):
+    """absl's parser, with config overrides that name no field reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --helpshort to see the flags.")
+    except (AttributeError, KeyError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(f"error: a config override names no existing field ({str(e).strip(chr(34))}); "
+                 f"overrides given: {' '.join(bad)}")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main, flags_parser=parse_flags)

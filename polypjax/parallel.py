@@ -1,0 +1,95 @@
+"""Device mesh, shardings and host-to-global batches.
+
+The mesh has axes ("data", "fsdp"). Batches are split over both axes (every device holds a slice
+of the batch); parameters are replicated, or with fsdp > 1 their largest divisible dimension is
+split over "fsdp" (ZeRO-3 style: XLA gathers them for the computation).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Joins a multi-host job; a no-op on a single host.
+
+    On Cloud TPU VMs and SLURM, `jax.distributed.initialize()` finds its peers from the
+    environment; elsewhere the launcher passes the coordinator explicitly.
+    """
+    if coordinator_address is not None:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        return
+    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if len(tpu_hosts) > 1 or slurm_tasks > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize()
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+    """Mesh of shape (data, fsdp); -1 takes all remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} must be a positive divisor of the device count {n}")
+    if data == -1:
+        data = n // fsdp
+    if data < 1 or data * fsdp != n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not match the {n} available devices")
+    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def param_shardings(mesh: Mesh, params, min_size: int = 2**14):
+    """Replicated leaves, or with fsdp > 1 the largest dimension divisible by it split over fsdp."""
+    fsdp = mesh.shape["fsdp"]
+
+    def leaf(x):
+        shape = getattr(x, "shape", ())
+        if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+            return replicated(mesh)
+        for axis in np.argsort(shape)[::-1]:
+            if shape[axis] % fsdp == 0:
+                spec = [None] * len(shape)
+                spec[axis] = "fsdp"
+                return NamedSharding(mesh, P(*spec))
+        return replicated(mesh)
+
+    return jax.tree.map(leaf, params)
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """Process-local numpy batch -> global jax.Arrays sharded over the batch axes.
+
+    Non-numeric fields (ids) stay on the host. The local batch size must divide evenly over this
+    process's devices.
+    """
+    sharding = batch_sharding(mesh)
+    out = {}
+    for key, value in local_batch.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "biuf":
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_host(x) -> np.ndarray:
+    """Fully replicated or addressable global array -> numpy on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))

@@ -1,0 +1,17 @@
+"""config.task -> the experiment that runs it. Modules are imported only when their task runs."""
+from __future__ import annotations
+
+import importlib
+
+# task name -> module under polypjax.experiments with `run(config, workdir)` and optional `validate(config)`.
+TASKS = {
+    "prepare_data": "polypjax.experiments.prepare_data",
+}
+
+
+def module(task: str):
+    return importlib.import_module(TASKS[task])
+
+
+def validator(task: str):
+    return getattr(module(task), "validate", None)
