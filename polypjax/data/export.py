@@ -60,15 +60,19 @@ class PairWriter:
         done = {}
         if not self.manifest.exists():
             return done
-        with open(self.manifest) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill: that pair is rewritten
-                if (self.image_dir / f"{record['id']}.png").exists() and \
-                        (self.mask_dir / f"{record['id']}.png").exists():
-                    done[record["id"]] = record
+        text = self.manifest.read_text()
+        complete, _, torn = text.rpartition("\n")
+        if torn:
+            # A kill mid-append left a partial last line: drop it so the next append starts clean.
+            atomic_write_text(self.manifest, complete + "\n" if complete else "")
+        for line in complete.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if (self.image_dir / f"{record['id']}.png").exists() and \
+                    (self.mask_dir / f"{record['id']}.png").exists():
+                done[record["id"]] = record
         return done
 
     def write(self, pair_id: str, image: np.ndarray, mask: np.ndarray, **metadata) -> None:
