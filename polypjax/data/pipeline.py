@@ -57,10 +57,12 @@ def _shuffled_stream(source, seed: int, process_index: int, process_count: int) 
 def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int,
                   weights: Sequence[float] | None = None, augment=None,
                   process_index: int | None = None, process_count: int | None = None,
-                  worker_count: int = 0) -> grain.IterDataset:
+                  worker_count: int = 0, replace_with=None, replace_prob: float = 0.0) -> grain.IterDataset:
     """Infinite stream of {"image": uint8 [b,S,S,3], "mask": uint8 [b,S,S]} local batches.
 
     `sources` is one source or a list mixed by `weights` (exact proportions, interleaved).
+    With `replace_with`, each drawn example is swapped for a random example of that source with
+    probability `replace_prob` (decided per draw, seeded).
     """
     process_index, process_count = _process(process_index, process_count)
     local_batch = _check_batch(global_batch_size, process_count)
@@ -74,6 +76,12 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
         if weights is None or len(weights) != len(streams) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"mixing {len(streams)} sources needs as many non-negative weights, got {weights}")
         ds = grain.MapDataset.mix(streams, list(weights))
+    if replace_with is not None and replace_prob > 0:
+        n_replace = len(replace_with)
+
+        def maybe_replace(pair, rng):
+            return replace_with[int(rng.integers(n_replace))] if rng.random() < replace_prob else pair
+        ds = ds.random_map(maybe_replace, seed=seed + 7919)
     ds = ds.map(lambda pair: resize_pair(pair, image_size))
     if augment is not None and augment.enabled:
         ds = ds.random_map(lambda pair, rng: dict(zip(("image", "mask"), augment_lib.augment_pair(

@@ -1,0 +1,198 @@
+"""One training loop for every task.
+
+A task supplies the model (`init`), the loss, the data iterator and the evaluation; the loop owns
+the sharded, jitted step, checkpoints (train state and data iterator together), resume, metric
+writers, progress and the non-finite-loss guard.
+
+Resume is exact: the state holds the RNG (each step folds in its step number) and the grain
+iterator state is saved beside it, so a run killed at any moment and restarted ends bitwise equal
+to an uninterrupted one on the same machine. orbax writes each checkpoint to a temporary folder
+and renames it when complete, so a kill mid-save leaves the previous checkpoint as the latest.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from polypjax import parallel
+from polypjax.train import writers as writers_lib
+from polypjax.train.state import TrainState, make_optimizer
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Task(Protocol):
+    def init(self, rng: jax.Array, batch: dict) -> tuple[Any, Any]:
+        """-> (params, model_state) for an example batch."""
+
+    def loss(self, params, model_state, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[dict, Any]]:
+        """-> (scalar loss, (metrics dict, new model_state))."""
+
+    def train_iterator(self):
+        """A checkpointable grain iterator of process-local batches (numpy)."""
+
+    def evaluate(self, state: TrainState, step: int, writer) -> dict:
+        """Host-side evaluation; returns scalars to log."""
+
+
+def make_train_step(loss_fn: Callable):
+    def train_step(state: TrainState, batch: dict):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, batch, rng)
+        new_state = state.apply_gradients(grads, model_state)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new_state, metrics
+    return train_step
+
+
+def create_state(task: Task, config, mesh, example_batch: dict, num_steps: int) -> tuple[TrainState, Any]:
+    """Initialises the train state directly into its shardings (params never whole on one device
+    when fsdp > 1)."""
+    tx = make_optimizer(config.optim, num_steps)
+    rng = jax.random.PRNGKey(config.seed)
+
+    def create():
+        init_rng, state_rng = jax.random.split(rng)
+        params, model_state = task.init(init_rng, example_batch)
+        return TrainState.create(params, tx, state_rng, model_state, ema_decay=config.train.ema_decay)
+
+    abstract = jax.eval_shape(create)
+    shardings = parallel.param_shardings(mesh, abstract)
+    state = jax.jit(create, out_shardings=shardings)()
+    return state, shardings
+
+
+def checkpoint_manager(workdir: pathlib.Path, config) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                           save_interval_steps=1, enable_async_checkpointing=True,
+                                           create=True)
+    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", options=options,
+                                 item_names=("state", "data"))
+
+
+def _save(mngr, step, state, data_iter):
+    import grain
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            data=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+
+
+def _restore(mngr, step, state, shardings, data_iter):
+    import grain
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                          data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return restored.state
+
+
+def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
+    """Runs (or resumes) `config.train.num_steps` steps of `task`; returns the final state."""
+    workdir = pathlib.Path(workdir)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    num_steps = int(config.train.num_steps)
+    data_iter = iter(task.train_iterator())
+    first = parallel.global_batch(next(data_iter), mesh)
+    # Re-create the iterator so the first batch is also the first one trained on.
+    data_iter = iter(task.train_iterator())
+    state, shardings = create_state(task, config, mesh, first, num_steps)
+    batch_sharding = parallel.batch_sharding(mesh)
+    step_fn = jax.jit(make_train_step(task.loss), in_shardings=(shardings, batch_sharding),
+                      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+
+    mngr = checkpoint_manager(workdir, config)
+    start = 0
+    if mngr.latest_step() is not None:
+        start = int(mngr.latest_step())
+        state = _restore(mngr, start, state, shardings, data_iter)
+        logging.info("resumed from %s at step %d", mngr.directory, start)
+    writer = writers_lib.make_writer(workdir, is_main_process=jax.process_index() == 0)
+    if start == 0:
+        writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+    progress = writers_lib.Progress(num_steps, writer, start, every_steps=config.train.log_every,
+                                    show_bar=jax.process_index() == 0)
+    pending = None  # (step, device metrics) checked one step late so the host never stalls the device
+    window: dict[str, list] = {}
+
+    def check(step, metrics):
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(host["loss"]):
+            mngr.wait_until_finished()
+            raise NonFiniteLossError(
+                f"loss is {host['loss']} at step {step}: stopping; the last good checkpoint "
+                f"(step {mngr.latest_step()}) in {mngr.directory} is kept. Lower optim.learning_rate or "
+                "set optim.grad_clip.")
+        for k, v in host.items():
+            window.setdefault(k, []).append(v)
+        if step % config.train.log_every == 0 or step == num_steps:
+            writer.write_scalars(step, {f"train/{k}": np.mean(v) for k, v in window.items()})
+            window.clear()
+
+    try:
+        for step in range(start + 1, num_steps + 1):
+            batch = parallel.global_batch(next(data_iter), mesh)
+            state, metrics = step_fn(state, batch)
+            if pending is not None:
+                check(*pending)
+            pending = (step, metrics)
+            progress(step)
+            due_ckpt = step % config.train.checkpoint_every == 0 or step == num_steps
+            due_eval = config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps
+            if due_ckpt or due_eval:
+                check(*pending)  # never checkpoint or evaluate a state produced by a non-finite loss
+                pending = None
+            if due_ckpt:
+                _save(mngr, step, state, data_iter)
+            if due_eval:
+                writer.write_scalars(step, task.evaluate(state, step, writer))
+        if pending is not None:
+            check(*pending)
+        mngr.wait_until_finished()
+        writer.write_scalars(num_steps, task.evaluate(state, num_steps, writer))
+    finally:
+        progress.close()
+        mngr.wait_until_finished()
+        writer.flush()
+    return state
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def train_config():
+    """Defaults of `config.train` and `config.optim` shared by the training tasks."""
+    import ml_collections
+    t = ml_collections.ConfigDict()
+    t.num_steps = 1000
+    t.log_every = 50
+    t.eval_every = 0  # 0: evaluate at the end only
+    t.checkpoint_every = 500
+    t.keep_checkpoints = 3
+    t.ema_decay = 0.0
+    o = ml_collections.ConfigDict()
+    o.name = "adam"
+    o.learning_rate = 1e-3
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.weight_decay = 0.0
+    o.schedule = "cosine"
+    o.warmup_steps = 50
+    o.end_factor = 0.01
+    o.grad_clip = 1.0
+    return t, o
