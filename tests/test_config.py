@@ -1,0 +1,86 @@
+"""Config overrides, derived fields and the errors a bad value gives before any work."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from polypjax import configlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _load(name="prepare_data"):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def test_derived_fields_follow_overrides():
+    c = _load()
+    c.data.image_size = 64
+    c.data.batch_size = 32
+    r = configlib.resolve(c)
+    assert r.data.phantom_size == 64 and r.data.eval_batch_size == 32
+    c.data.eval_batch_size = 7  # an explicit value wins over the derivation
+    assert configlib.resolve(c).data.eval_batch_size == 7
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.image_size", -5, "config.data.image_size must be positive"),
+    ("data.batch_size", 0, "config.data.batch_size must be positive"),
+    ("data.test_fraction", 1.5, "test_fraction must be in"),
+    ("data.train", "/no/such/folder", "config.data.train: source '/no/such/folder': folder"),
+    ("data.test", "phantom-a,phantom-z", "unknown phantom domain 'phantom-z'"),
+    ("data.test", "phantom-a@everything", "split 'everything'"),
+    ("data.augment.hflip", 2.0, "probability"),
+    ("task", "nope", "config.task='nope' is unknown"),
+])
+def test_bad_values_raise_one_clear_error(field, value, message):
+    c = _load()
+    node = c
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(configlib.ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        configlib.resolve(c)
+
+
+def _main(tmp_path, *overrides):
+    return subprocess.run([sys.executable, "-m", "polypjax.main", f"--config={ROOT / 'configs/prepare_data.py'}",
+                           f"--workdir={tmp_path / 'wd'}", *overrides], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.nope=3", "names no existing field ('nope')"),
+    ("--config.data.image_size=abc", "--config.data.image_size=abc"),
+    ("--config.data.image_size=-1", "config.data.image_size must be positive"),
+    ("--config.data.train=/missing/path", "folder '/missing/path' does not exist"),
+])
+def test_cli_bad_override_stops_before_work(tmp_path, override, message):
+    out = _main(tmp_path, override)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-2:]
+    assert any(message in line for line in last), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "wd" / "config.json").exists()
+
+
+def test_cli_runs_and_records_resolved_config(tmp_path):
+    out = _main(tmp_path, "--config.data.image_size=32", "--config.data.phantom_train_examples=6",
+                "--config.data.phantom_test_examples=4", "--config.data.test=phantom-b")
+    assert out.returncode == 0, out.stderr[-3000:]
+    wd = tmp_path / "wd"
+    config = json.loads((wd / "config.json").read_text())
+    assert config["data"]["image_size"] == 32 and config["data"]["phantom_size"] == 32
+    report = json.loads((wd / "data_report.json").read_text())
+    assert [(r["name"], r["num_pairs"], r["errors"]) for r in report] == [
+        ("phantom-a@train", 6, 0), ("phantom-b@test", 4, 0)]
+    assert (wd / "data" / "phantom-a-train" / "manifest.jsonl").exists()
+    assert (wd / "samples_phantom-b-test.png").exists()
+    assert "| phantom-b@test | test |" in (wd / "data_report.md").read_text()

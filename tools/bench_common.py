@@ -1,0 +1,83 @@
+"""Timing helpers shared by the benchmarks; they mirror ../shared/bench/peers.py.
+
+Same protocol as the PyTorch peers: warm-up iterations, then timed iterations until a time budget
+or an iteration cap is reached; throughput = items timed / total time. Achieved GFLOP/s come from
+XLA's cost analysis of the compiled computation, next to a matmul peak measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def timed_loop(step, *, warmup: int, min_iters: int, max_iters: int, budget_s: float) -> list[float]:
+    """step() must block until its work is done (call jax.block_until_ready inside)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_iters:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if len(times) >= min_iters and time.perf_counter() - start >= budget_s:
+            break
+    return times
+
+
+def summarise(times: list[float], items_per_iter: int, flops_per_iter: float | None = None) -> dict:
+    out = {"timed_iters": len(times), "ms_per_iter_median": 1e3 * statistics.median(times),
+           "ms_per_iter_mean": 1e3 * statistics.fmean(times), "items_per_s": items_per_iter * len(times) / sum(times)}
+    if flops_per_iter:
+        out["gflop_per_iter"] = flops_per_iter / 1e9
+        out["gflops_per_s"] = flops_per_iter * len(times) / sum(times) / 1e9
+    return out
+
+
+def compiled_flops(jitted, *args) -> float | None:
+    """FLOPs of one call from XLA's cost analysis (None when the backend does not report them)."""
+    try:
+        analysis = jitted.lower(*args).compile().cost_analysis()
+    except Exception:  # cost analysis is best effort on some backends
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def matmul_peak(budget_s: float = 10.0, n: int = 2048, dtype=jnp.float32) -> dict:
+    """fp32 2048^3 matmul GFLOP/s, as peers.py's matmul_peak case."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    mm = jax.jit(jnp.matmul)
+    times = timed_loop(lambda: mm(a, b).block_until_ready(), warmup=3, min_iters=5, max_iters=50, budget_s=budget_s)
+    flop = 2.0 * n ** 3
+    return {"gflops_per_s": flop * len(times) / sum(times) / 1e9, "gflops_per_s_best": flop / min(times) / 1e9,
+            "timed_iters": len(times)}
+
+
+def print_results(results: dict, peak: dict | None) -> None:
+    """Human-readable lines, then one JSON object {case: items/s} as the last line."""
+    for name, r in results.items():
+        line = f"{name}: {r['items_per_s']:.3f} items/s, median {r['ms_per_iter_median']:.1f} ms/iter"
+        if "gflops_per_s" in r:
+            line += f", {r['gflops_per_s']:.1f} GFLOP/s"
+            if peak:
+                line += f" ({100 * r['gflops_per_s'] / peak['gflops_per_s']:.0f}% of matmul peak)"
+        print(line, flush=True)
+    if peak:
+        print(f"matmul_peak: {peak['gflops_per_s']:.1f} GFLOP/s (best {peak['gflops_per_s_best']:.1f})", flush=True)
+    last = {name: r["items_per_s"] for name, r in results.items()}
+    if peak:
+        last["matmul_peak"] = peak["gflops_per_s"]  # GFLOP/s, as peers.py reports that case
+    print(json.dumps(last), flush=True)
+
+
+def seeded_uint8(shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
