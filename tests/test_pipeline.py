@@ -147,3 +147,11 @@ def test_augmented_stream_is_deterministic():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["mask"], y["mask"])
+
+
+def test_worker_processes_give_the_same_stream():
+    src = CountingSource(12)
+    kw = dict(image_size=None, global_batch_size=4, seed=5, process_index=0, process_count=1)
+    inline = [_ids(b) for b in _take(iter(pipeline.train_dataset(src, **kw)), 4)]
+    it = iter(pipeline.train_dataset(src, worker_count=1, **kw))
+    assert [_ids(b) for b in _take(it, 4)] == inline

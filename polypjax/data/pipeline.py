@@ -89,6 +89,9 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
     ds = ds.batch(local_batch, drop_remainder=True)
     it = ds.to_iter_dataset()
     if worker_count > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain reads its absl flags; scripts and tests parse none
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it
 
