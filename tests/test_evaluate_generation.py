@@ -1,0 +1,241 @@
+"""Task evaluate_generation on tiny data: reports, FID plumbing, stats cache, label consistency, errors.
+
+The real set is 6 phantom-a frames; the generated folders are an exact copy of them (written with
+PairWriter, so FID ~ 0 and mask distances 0) and 6 noise images with rectangle masks. FID runs on
+random Inception weights here: a test of the plumbing only (user runs refuse random weights).
+"""
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from polypjax import configlib, main
+from polypjax.data import catalog, export, sources
+from polypjax.experiments import evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+N = 6
+
+
+def _config(**overrides):
+    spec = importlib.util.spec_from_file_location("evaluate_generation", ROOT / "configs" / "evaluate_generation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.data.image_size = 48
+    c.data.phantom_train_examples = N
+    e = c.evaluate
+    e.image_size = 48
+    e.batch_size = 8  # one batch per set on the 8 simulated devices
+    e.msssim_size = 161
+    e.msssim_pairs = 8
+    e.kid_subsets = 4
+    for key, value in overrides.items():
+        e[key] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generated")
+    real = catalog.make_source("phantom-a", _config().data, default_split="train")
+    export.write_source(real, root / "copy", progress=False)
+    rng = np.random.default_rng(0)
+    noise = export.PairWriter(root / "noise")
+    for i in range(N):
+        mask = np.zeros((48, 48), np.uint8)
+        y, x = rng.integers(0, 30, 2)
+        mask[y:y + rng.integers(4, 18), x:x + rng.integers(4, 18)] = 1
+        noise.write(f"n{i}", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), mask)
+    return {"copy": str(root / "copy"), "noise": str(root / "noise")}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from fid_inception_recipe import random_fid_inception_state_dict
+    from polypjax.models import inception
+    path = tmp_path_factory.mktemp("inception") / "random_fid_inception.npz"
+    state_dict = random_fid_inception_state_dict(inception.torch_state_dict_shapes(), seed=0)
+    np.savez(path, **inception.convert_state_dict(state_dict))
+    return str(path)
+
+
+@dataclasses.dataclass
+class _StandInSegmentationMetrics:
+    """Used only while polypjax.metrics.segmentation is not written yet: same API, per-image Dice/IoU."""
+    dice_sum: float
+    iou_sum: float
+    n: int
+
+    @classmethod
+    def from_model_output(cls, logits, masks, valid):
+        pred = np.asarray(logits)[..., 0] > 0
+        gt = np.asarray(masks) > 0
+        v = np.asarray(valid, bool)
+        inter = (pred & gt).sum((1, 2))
+        total = pred.sum((1, 2)) + gt.sum((1, 2))
+        dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+        iou = np.where(total > 0, inter / np.maximum(total - inter, 1), 1.0)
+        return cls(float(dice[v].sum()), float(iou[v].sum()), int(v.sum()))
+
+    def merge(self, other):
+        return type(self)(self.dice_sum + other.dice_sum, self.iou_sum + other.iou_sum, self.n + other.n)
+
+    def compute(self):
+        return {"mDice": self.dice_sum / self.n, "mIoU": self.iou_sum / self.n, "dice": self.dice_sum / self.n,
+                "iou": self.iou_sum / self.n, "num_images": self.n}
+
+
+@pytest.fixture
+def segmentation_metrics(monkeypatch):
+    try:
+        import polypjax.metrics.segmentation  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("polypjax.metrics.segmentation")
+        stub.SegmentationMetrics = _StandInSegmentationMetrics
+        monkeypatch.setitem(sys.modules, "polypjax.metrics.segmentation", stub)
+
+
+def _threshold_predictor(image_size, invert=False):
+    # A stand-in segmenter: the "polyp" is wherever the image is bright.
+    def predict(images):
+        bright = np.asarray(images)[..., :1] > 127
+        return np.where(bright != invert, 10.0, -10.0).astype(np.float32)
+    predict.image_size = image_size
+    return predict
+
+
+def _run(config, workdir):
+    main.run(config, str(workdir))
+    report = json.loads((workdir / "generation_metrics.json").read_text())
+    return report, (workdir / "generation_metrics.md").read_text()
+
+
+def test_without_weights_fid_unavailable_other_metrics_present(folders, tmp_path, monkeypatch, segmentation_metrics):
+    seg_wd = tmp_path / "seg"
+    seg_wd.mkdir()
+    (seg_wd / "config.json").write_text("{}")
+    monkeypatch.setattr(evaluate, "load_segmenter", lambda wd: _threshold_predictor(32))
+    config = _config(generated=f"{folders['copy']},{folders['noise']}", segmenter_workdir=str(seg_wd))
+    report, md = _run(config, tmp_path / "wd")
+
+    assert report["fid_unavailable_reason"].startswith("no FID Inception weights file given")
+    assert (tmp_path / "wd" / "config.json").exists()
+    copy, noise = report["generated"]
+    assert [copy["name"], noise["name"]] == ["copy@all", "noise@all"]
+    for r in (report["real"], copy, noise):
+        assert r["num_images"] == N
+        assert 0.0 <= r["msssim_diversity"]["mean"] <= 1.0 and r["msssim_diversity"]["num_pairs"] == 8
+    for r in (copy, noise):
+        assert r["fid"] is None and r["kid"] is None
+        lc = r["label_consistency"]
+        assert lc["num_images"] == N and 0.0 <= lc["mDice"] <= 1.0 and 0.0 <= lc["mIoU"] <= 1.0
+    # A set compared with itself: identical masks and images, same pairs.
+    assert all(v == pytest.approx(0.0, abs=1e-9) for v in copy["mask_distances"].values() if v is not None)
+    assert copy["msssim_diversity"]["mean"] == pytest.approx(report["real"]["msssim_diversity"]["mean"], abs=1e-6)
+    assert noise["mask_distances"]["area_fraction"] > 0.01
+    assert "| real (reference) | 6 | – | – |" in md
+    assert "| copy@all | 6 | n/a | n/a |" in md
+    assert "FID/KID unavailable: no FID Inception weights file given" in md
+    assert "| area_fraction |" in md and "noise@all W1" in md
+
+
+def test_fid_kid_with_weights_and_real_stats_cache(folders, weights, tmp_path):
+    stats = tmp_path / "cache" / "real_stats.npz"
+    stats.parent.mkdir()
+    config = _config(generated=f"{folders['copy']},{folders['noise']}", inception_weights=weights,
+                     real_stats=str(stats))
+    first, md = _run(config, tmp_path / "wd1")
+    copy, noise = first["generated"]
+    assert first["fid_unavailable_reason"] is None and first["real"]["fid_statistics"].startswith("computed, saved")
+    assert noise["fid"] > 0 and abs(copy["fid"]) < 1e-3 * noise["fid"]
+    assert noise["kid"]["mean"] > copy["kid"]["mean"] and noise["kid"]["std"] >= 0
+    assert f"| noise@all | 6 | {noise['fid']:.2f} |" in md
+    with np.load(stats) as f:  # pytorch-fid reads mu and sigma
+        assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and f["features"].shape == (N, 2048)
+    mtime = stats.stat().st_mtime_ns
+
+    config.evaluate.generated = folders["noise"]  # one set is enough to see the cache used
+    second, _ = _run(config, tmp_path / "wd2")
+    assert second["real"]["fid_statistics"] == f"loaded from {stats}" and stats.stat().st_mtime_ns == mtime
+    assert second["generated"][0]["fid"] == pytest.approx(noise["fid"], rel=1e-6)
+    assert second["generated"][0]["kid"]["mean"] == pytest.approx(noise["kid"]["mean"], rel=1e-6)
+
+    # A plain pytorch-fid file (mu/sigma only): FID from it, KID unavailable.
+    plain = tmp_path / "plain.npz"
+    with np.load(stats) as f:
+        np.savez(plain, mu=f["mu"], sigma=f["sigma"])
+    third, md3 = _run(_config(generated=folders["noise"], inception_weights=weights, real_stats=str(plain)),
+                      tmp_path / "wd3")
+    assert third["generated"][0]["fid"] == pytest.approx(noise["fid"], rel=1e-6)
+    assert third["generated"][0]["kid"] is None and "no features" in third["kid_unavailable_reason"]
+    assert "KID unavailable" in md3
+
+
+@pytest.mark.parametrize("n", [12, 40])
+def test_frechet_distance_to_features_matches_full_computation(n):
+    from polypjax.metrics import fid
+    rng = np.random.default_rng(n)
+    real = rng.gamma(2.0, size=(50, 32)) @ rng.normal(size=(32, 32))
+    gen = rng.gamma(2.0, size=(n, 32)) @ rng.normal(size=(32, 32)) + 0.3
+    mu1, sigma1 = real.mean(0), np.cov(real, rowvar=False)
+    got = evaluate.frechet_distance_to_features(mu1, sigma1, gen.astype(np.float32))
+    ref = fid.frechet_distance(mu1, sigma1, gen.astype(np.float32).mean(0),
+                               np.cov(gen.astype(np.float32).astype(np.float64), rowvar=False))
+    assert got == pytest.approx(ref, rel=1e-8)
+
+
+def test_label_consistency_with_stand_in_segmenter(segmentation_metrics):
+    rng = np.random.default_rng(1)
+    pairs = []
+    for i in range(5):  # images that show their mask, so thresholding recovers it exactly
+        mask = np.zeros((32, 32), np.uint8)
+        mask[rng.integers(0, 16):, rng.integers(0, 16):rng.integers(17, 32)] = 1
+        pairs.append({"image": np.repeat(mask[..., None] * 255, 3, axis=-1), "mask": mask, "id": str(i)})
+    same = evaluate.label_consistency(pairs, _threshold_predictor(32), 32, batch_size=4)
+    assert same["mDice"] == pytest.approx(1.0) and same["mIoU"] == pytest.approx(1.0) and same["num_images"] == 5
+    inverse = evaluate.label_consistency(pairs, _threshold_predictor(32, invert=True), 32, batch_size=4)
+    assert inverse["mDice"] == pytest.approx(0.0) and inverse["num_images"] == 5
+    resized = evaluate.label_consistency(pairs, _threshold_predictor(16), 16, batch_size=8)
+    assert resized["mDice"] > 0.9
+
+
+def test_native_size_needs_one_size_per_set():
+    pairs = [{"image": np.zeros((20, 30, 3), np.uint8), "mask": np.zeros((20, 30), np.uint8), "id": "a"},
+             {"image": np.zeros((20, 20, 3), np.uint8), "mask": np.zeros((20, 20), np.uint8), "id": "b"}]
+    source = evaluate.SameSizeSource(pairs, "mixed")
+    assert source[0]["id"] == "a"
+    with pytest.raises(sources.DataError, match="b is 20x20 px but the first image is 30x20.*image_size"):
+        source[1]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"generated": ""}, "--config.evaluate.generated=/path/to/generated"),
+    ({"generated": "/no/such/generated"}, "folder '/no/such/generated' does not exist"),
+    ({"generated": "EMPTY_DIR"}, "config.evaluate.generated: .*no known layout"),
+    ({"real": "phantom-a,phantom-b"}, "must name one data source"),
+    ({"image_size": -1}, "image_size must be an integer >= 0"),
+    ({"msssim_size": 128}, "msssim_size must be an integer >= 161"),
+    ({"msssim_pairs": 0}, "msssim_pairs must be an integer >= 1"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"inception_dtype": "float16"}, "inception_dtype must be one of"),
+    ({"inception_weights": "/no/such/weights.npz"}, "inception_weights: FID Inception weights file '/no/such"),
+    ({"segmenter_workdir": "/no/such/run"}, "segmenter_workdir: '/no/such/run' is not a train_segmentation"),
+    ({"real_stats": "STALE"}, "computed with real_spec 'phantom-b' \\(now 'phantom-a'\\)"),
+])
+def test_bad_config_values_raise_before_work(folders, tmp_path, overrides, message):
+    overrides = {"generated": folders["copy"], **overrides}
+    if overrides["generated"] == "EMPTY_DIR":
+        overrides["generated"] = str(tmp_path)
+    if overrides.get("real_stats") == "STALE":
+        np.savez(tmp_path / "stale.npz", mu=np.zeros(3), sigma=np.eye(3), real_spec=np.array("phantom-b"),
+                 image_size=np.array(48), inception_dtype=np.array("float32"))
+        overrides["real_stats"] = str(tmp_path / "stale.npz")
+    with pytest.raises(configlib.ConfigError, match=message):
+        main.run(_config(**overrides), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd" / "config.json").exists()
