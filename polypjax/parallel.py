@@ -39,9 +39,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
         raise ValueError(f"mesh.fsdp={fsdp} must be a positive divisor of the device count {n}")
     if data == -1:
         data = n // fsdp
-    if data < 1 or data * fsdp != n:
+    if data < 1 or data * fsdp > n or (data * fsdp != n and jax.process_count() > 1):
         raise ValueError(f"mesh data={data} x fsdp={fsdp} does not match the {n} available devices")
-    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
+    # On one host a smaller mesh (e.g. 1 device for a reference run) uses the first devices.
+    return Mesh(np.asarray(devices[:data * fsdp]).reshape(data, fsdp), BATCH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -35,7 +35,8 @@ def test_mesh_errors():
     with pytest.raises(ValueError, match="divisor"):
         parallel.make_mesh(-1, 3)
     with pytest.raises(ValueError, match="does not match"):
-        parallel.make_mesh(3, 2)
+        parallel.make_mesh(5, 2)
+    assert parallel.make_mesh(1, 1).devices.shape == (1, 1)  # a one-device reference mesh
 
 
 def test_fsdp_param_shardings():
