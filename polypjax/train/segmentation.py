@@ -1,0 +1,261 @@
+"""Segmentation task: model, BCE + soft Dice loss, training data regimes and Dice/IoU evaluation.
+
+Regimes (`config.regime.kind`), the paper's comparisons:
+- `real`: the real training set (`data.train`), optional subset of N images (`regime.real_subset`);
+- `real_augment`: the same with classic augmentation switched on (the baseline a synthetic set
+  must beat);
+- `synthetic`: only the generated folder (`data.synthetic`);
+- `mixed`: real and synthetic streams interleaved in the ratio `regime.synthetic_fraction`;
+- `replace`: the paper's rule: each real example drawn is replaced by a random synthetic one with
+  probability `regime.alpha` (decided per draw, so every epoch sees a different replacement).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from polypjax import parallel
+from polypjax.configlib import ConfigError, split_specs
+from polypjax.data import catalog, export, pipeline, sources, visualize
+from polypjax.metrics.segmentation import SegmentationMetrics
+from polypjax.models import segmenters
+
+REGIMES = ("real", "real_augment", "synthetic", "mixed", "replace")
+
+
+def preprocess(batch: dict, dtype=jnp.float32):
+    """uint8 batch -> images in [-1, 1] and float masks [N,H,W,1]; runs on device inside jit."""
+    image = batch["image"].astype(dtype) / 127.5 - 1.0
+    mask = batch["mask"].astype(jnp.float32)[..., None]
+    return image, mask
+
+
+def bce_dice_loss(logits, masks, bce_weight: float = 1.0, dice_weight: float = 1.0, eps: float = 1.0):
+    """Mean BCE over pixels plus (1 - soft Dice) per image averaged over the batch.
+
+    Soft Dice is computed per image (not over the whole batch) so small polyps weigh as much as
+    large ones; `eps` smooths images whose mask is empty.
+    """
+    logits = logits.astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(logits, masks).mean()
+    probs = jax.nn.sigmoid(logits)
+    axes = tuple(range(1, logits.ndim))
+    inter = (probs * masks).sum(axes)
+    dice = (2 * inter + eps) / (probs.sum(axes) + masks.sum(axes) + eps)
+    soft_dice_loss = (1.0 - dice).mean()
+    return bce_weight * bce + dice_weight * soft_dice_loss, {"bce": bce, "soft_dice_loss": soft_dice_loss}
+
+
+def _model_kwargs(config) -> dict:
+    kwargs = dict(config.model.kwargs) if "kwargs" in config.model else {}
+    kwargs["dtype"] = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    return kwargs
+
+
+class SegmentationTask:
+    def __init__(self, config, workdir: pathlib.Path):
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        self.model = segmenters.create_model(config.model.name, **_model_kwargs(config))
+        self.train_sources, self.weights, self.replace_source = training_sources(config)
+        self.test_sources = catalog.make_sources(config.data.test, config.data, default_split="test",
+                                                 seed=config.seed)
+        self._eval_fn = None
+
+    # --- training -------------------------------------------------------------------------
+    def train_iterator(self):
+        c = self.config
+        augment = c.data.augment
+        if c.regime.kind == "real_augment":
+            augment = classic_augmentation(augment)
+        return pipeline.train_dataset(self.train_sources, weights=self.weights, image_size=c.data.image_size,
+                                      global_batch_size=c.data.batch_size, seed=c.seed, augment=augment,
+                                      worker_count=c.data.worker_count, replace_with=self.replace_source,
+                                      replace_prob=c.regime.alpha if c.regime.kind == "replace" else 0.0)
+
+    def init(self, rng, batch):
+        image, _ = preprocess(batch)
+        variables = self.model.init({"params": rng}, image[:1], train=False)
+        params = variables.pop("params")
+        return params, dict(variables)
+
+    def loss(self, params, model_state, batch, rng):
+        image, mask = preprocess(batch, self.model.dtype)
+        out, updates = self.model.apply({"params": params, **model_state}, image, train=True,
+                                        mutable=list(model_state.keys()), rngs={"dropout": rng})
+        if out.ndim == 5:  # deep supervision: one head per nested decoder depth
+            losses = [bce_dice_loss(o, mask, self.config.loss.bce_weight, self.config.loss.dice_weight)
+                      for o in out]
+            loss = sum(l for l, _ in losses) / len(losses)
+            parts = jax.tree.map(lambda *v: sum(v) / len(v), *[p for _, p in losses])
+        else:
+            loss, parts = bce_dice_loss(out, mask, self.config.loss.bce_weight, self.config.loss.dice_weight)
+        return loss, (parts, {**model_state, **updates})
+
+    # --- evaluation -----------------------------------------------------------------------
+    def predict_fn(self, mesh):
+        model = self.model
+
+        def predict(params, model_state, batch):
+            image, _ = preprocess(batch, model.dtype)
+            logits = model.apply({"params": params, **model_state}, image, train=False)
+            if logits.ndim == 5:
+                logits = logits[-1]
+            return logits.astype(jnp.float32)
+
+        return jax.jit(predict, out_shardings=parallel.batch_sharding(mesh))
+
+    def evaluate(self, state, step: int, writer) -> dict:
+        params = state.ema_params if self.config.train.ema_decay > 0 else state.params
+        results = evaluate_sets(self.predict_fn, params, state.model_state, self.test_sources, self.config,
+                                self.workdir / "eval", step)
+        scalars = {}
+        for name, r in results.items():
+            for k in ("mDice", "mIoU", "dice", "iou"):
+                scalars[f"eval/{name}/{k}"] = r[k]
+        return scalars
+
+
+def evaluate_sets(predict_fn_factory, params, model_state, test_sources: dict, config, out_dir: pathlib.Path,
+                  step: int, num_overlays: int = 8) -> dict:
+    """Dice/IoU on every test set from exact counts; JSON and overlay PNG per set."""
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    predict = predict_fn_factory(mesh)
+    params, model_state = jax.device_put((params, model_state), parallel.param_shardings(mesh, (params, model_state)))
+    results = {}
+    for name, source in test_sources.items():
+        total = None
+        overlays = []
+        for local in pipeline.eval_dataset(source, image_size=config.data.image_size,
+                                           global_batch_size=config.data.eval_batch_size):
+            batch = parallel.global_batch({k: local[k] for k in ("image", "mask", "valid")}, mesh)
+            logits = predict(params, model_state, batch)
+            m = SegmentationMetrics.from_model_output(logits=logits, masks=batch["mask"], valid=batch["valid"])
+            total = m if total is None else total.merge(m)
+            if len(overlays) < num_overlays and jax.process_index() == 0:
+                pred = np.asarray(jax.device_get(logits))[..., 0] > 0
+                for i in range(len(local["valid"])):
+                    if local["valid"][i] and len(overlays) < num_overlays:
+                        overlays.append(_overlay_row(local["image"][i], local["mask"][i], pred[i]))
+        result = {k: float(v) for k, v in total.compute().items()}
+        result.update(step=int(step), test_set=name, num_examples=len(source))
+        results[name] = result
+        if jax.process_index() == 0:
+            safe = name.replace("@", "-").replace("/", "_")
+            export.atomic_write_text(out_dir / f"{safe}.json", json.dumps(result, indent=2) + "\n")
+            export.atomic_write_bytes(out_dir / f"{safe}_overlays.png",
+                                      export.encode_png(np.concatenate(overlays, axis=0)))
+    return results
+
+
+def _overlay_row(image, mask, pred):
+    """image | ground truth (green) | prediction (red)."""
+    gt = visualize.overlay(image, mask, colour=(0, 255, 0))
+    pr = visualize.overlay(image, pred.astype(np.uint8), colour=(255, 0, 0))
+    pad = lambda t: np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=255)
+    return np.concatenate([pad(image), pad(gt), pad(pr)], axis=1)
+
+
+def classic_augmentation(augment):
+    """The real+augmentation baseline: flips, rotations, scale/shift and colour jitter."""
+    a = augment.copy_and_resolve_references() if hasattr(augment, "copy_and_resolve_references") else augment
+    a = a.unlock() if hasattr(a, "unlock") else a
+    a.update(enabled=True, rotate_deg=max(a.rotate_deg, 20.0), scale=max(a.scale, 0.15),
+             shift=max(a.shift, 0.05), brightness=max(a.brightness, 0.1), contrast=max(a.contrast, 0.1),
+             hue=max(a.hue, 0.02))
+    return a
+
+
+def training_sources(config):
+    """-> (sources, weights, replacement source) for the configured regime."""
+    c, r = config.data, config.regime
+    if r.kind in ("synthetic", "mixed", "replace") and not c.synthetic:
+        raise ConfigError(f"config.regime.kind={r.kind!r} needs config.data.synthetic (a generated folder)")
+    real = None
+    if r.kind != "synthetic":
+        real = catalog.make_source(c.train, c, default_split="train", seed=config.seed)
+        if r.real_subset:
+            real = sources.random_subset(real, r.real_subset, seed=config.seed)
+    synth = catalog.make_source(c.synthetic, c, default_split="all", seed=config.seed) if c.synthetic else None
+    if r.kind in ("real", "real_augment"):
+        return [real], None, None
+    if r.kind == "synthetic":
+        return [synth], None, None
+    if r.kind == "mixed":
+        f = r.synthetic_fraction
+        return [real, synth], [1.0 - f, f], None
+    return [real], None, synth  # replace
+
+
+def validate(config) -> None:
+    r = config.regime
+    if config.model.name not in segmenters.MODELS:
+        raise ConfigError(f"config.model.name={config.model.name!r} is unknown; choose one of {sorted(segmenters.MODELS)}")
+    if r.kind not in REGIMES:
+        raise ConfigError(f"config.regime.kind={r.kind!r} is unknown; choose one of {REGIMES}")
+    if not 0.0 <= r.alpha <= 1.0:
+        raise ConfigError(f"config.regime.alpha is a probability, got {r.alpha}")
+    if not 0.0 <= r.synthetic_fraction <= 1.0:
+        raise ConfigError(f"config.regime.synthetic_fraction must be in [0, 1], got {r.synthetic_fraction}")
+    if r.real_subset < 0:
+        raise ConfigError(f"config.regime.real_subset must be >= 0 (0: all), got {r.real_subset}")
+    if r.kind in ("synthetic", "mixed", "replace") and not config.data.synthetic:
+        raise ConfigError(f"config.regime.kind={r.kind!r} needs config.data.synthetic (a generated folder)")
+    if config.data.synthetic:
+        from polypjax.configlib import check_source_spec
+        check_source_spec(config.data.synthetic, "data.synthetic")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
+    t = config.train
+    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[name] <= 0:
+            raise ConfigError(f"config.train.{name} must be positive, got {t[name]}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if config.optim.learning_rate <= 0:
+        raise ConfigError(f"config.optim.learning_rate must be positive, got {config.optim.learning_rate}")
+    if not split_specs(config.data.test):
+        raise ConfigError("config.data.test names no test set")
+
+
+def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
+    """A trained segmenter from a `train_segmentation` workdir, for inference on uint8 images.
+
+    Returns `predict(images uint8 [N,H,W,3]) -> logits float32 [N,H,W,1]` (images must already be
+    at `predict.image_size`, the size it was trained at), with `predict.config` the run's config.
+    """
+    import ml_collections
+    import orbax.checkpoint as ocp
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise ConfigError(f"{workdir}: no config.json; not a train_segmentation workdir")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    ckpt_dir = (workdir / "checkpoints").absolute()
+    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data")) if ckpt_dir.exists() else None
+    if mngr is None or mngr.latest_step() is None:
+        raise ConfigError(f"{workdir}: no checkpoint found in {ckpt_dir}")
+    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    if use_ema is None:
+        use_ema = config.train.ema_decay > 0
+    params = restored["ema_params" if use_ema else "params"]
+    model_state = restored.get("model_state") or {}
+    model = segmenters.create_model(config.model.name, **_model_kwargs(config))
+
+    @jax.jit
+    def _predict(images):
+        image, _ = preprocess({"image": images, "mask": jnp.zeros(images.shape[:3], jnp.uint8)}, model.dtype)
+        logits = model.apply({"params": params, **model_state}, image, train=False)
+        return (logits[-1] if logits.ndim == 5 else logits).astype(jnp.float32)
+
+    def predict(images):
+        return _predict(jnp.asarray(images))
+
+    predict.image_size = int(config.data.image_size)
+    predict.config = config
+    return predict

@@ -1,0 +1,142 @@
+"""Segmentation task: regimes, evaluation from exact counts (1 vs 8 devices), loading a trained model."""
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from polypjax import configlib
+from polypjax.data import export, phantom
+from polypjax.train import segmentation
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def seg_config(**data):
+    spec = importlib.util.spec_from_file_location("seg_cfg", ROOT / "configs" / "segmentation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("cpu")
+    c.data.image_size = 32
+    c.data.batch_size = 8
+    c.data.phantom_train_examples = 24
+    c.data.phantom_test_examples = 10
+    c.data.test = "phantom-a,phantom-b"
+    c.model.kwargs = {"features": (8, 16)}
+    c.train.num_steps = 6
+    c.train.checkpoint_every = 3
+    c.train.log_every = 3
+    c.optim.warmup_steps = 1
+    c.data.update(data)
+    return c
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    src = phantom.PhantomSource("phantom-c", num_examples=12, size=32, seed=5)
+    export.write_source(src, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from polypjax import main
+    workdir = tmp_path_factory.mktemp("seg_run")
+    main.run(seg_config(), str(workdir))
+    return workdir
+
+
+def test_task_writes_results_per_test_set(trained):
+    results = json.loads((trained / "results.json").read_text())
+    assert set(results["test"]) == {"phantom-a@test", "phantom-b@test"}
+    for name, r in results["test"].items():
+        assert r["num_images"] == 10 and 0.0 <= r["mDice"] <= 1.0 and 0.0 <= r["iou"] <= r["dice"] <= 1.0
+        assert (trained / "eval" / f"{name.replace('@', '-')}_overlays.png").exists()
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/phantom-b@test/mDice" in r for r in records)
+
+
+def test_load_segmenter_predicts_like_the_task(trained):
+    predict = segmentation.load_segmenter(trained)
+    assert predict.image_size == 32
+    src = phantom.PhantomSource("phantom-a", num_examples=10, size=32, split="test")
+    images = np.stack([src[i]["image"] for i in range(4)])
+    logits = np.asarray(predict(images))
+    assert logits.shape == (4, 32, 32, 1) and np.isfinite(logits).all()
+    with pytest.raises(configlib.ConfigError, match="no config.json"):
+        segmentation.load_segmenter(trained / "eval")
+
+
+def test_metrics_identical_on_one_and_eight_devices(trained):
+    config = configlib.resolve(seg_config())
+    task = segmentation.SegmentationTask(config, trained)
+    import orbax.checkpoint as ocp
+    mngr = ocp.CheckpointManager((trained / "checkpoints").absolute(), item_names=("state", "data"))
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    out = {}
+    for data in (1, -1):
+        c = seg_config()
+        c.mesh.data = data
+        c.data.eval_batch_size = 8  # 10 examples: an uneven, padded last batch
+        c = configlib.resolve(c)
+        out[data] = segmentation.evaluate_sets(task.predict_fn, state["params"], state["model_state"],
+                                               task.test_sources, c, trained / f"eval_{data}", 6)
+    assert jax.device_count() == 8
+    for name in out[1]:
+        a, b = out[1][name], out[-1][name]
+        assert a["num_images"] == b["num_images"] == 10
+        for k in ("dice", "iou", "mDice", "mIoU"):
+            assert a[k] == pytest.approx(b[k], abs=1e-6), (name, k)
+
+
+@pytest.mark.parametrize("kind,expected", [("mixed", 0.25), ("replace", 0.4)])
+def test_regimes_draw_the_configured_proportions(synthetic_dir, kind, expected):
+    c = seg_config(synthetic=str(synthetic_dir))
+    c.regime.kind = kind
+    c.regime.synthetic_fraction = 0.25
+    c.regime.alpha = 0.4
+    c.data.batch_size = 20
+    c = configlib.resolve(c)
+    task = segmentation.SegmentationTask(c, "/tmp/unused")
+    it = iter(task.train_iterator())
+    # phantom-c frames (the "synthetic" set) are cooler/bluer than phantom-a: classify by colour.
+    fractions = []
+    for _ in range(10):
+        b = next(it)["image"].astype(float)
+        fractions.extend(b[..., 2].mean(axis=(1, 2)) / (b[..., 0].mean(axis=(1, 2)) + 1) > 0.6)
+    assert abs(np.mean(fractions) - expected) < 0.1
+
+
+def test_subset_and_regime_errors(synthetic_dir):
+    c = seg_config()
+    c.regime.real_subset = 5
+    task = segmentation.SegmentationTask(configlib.resolve(c), "/tmp/unused")
+    assert len(task.train_sources[0]) == 5
+    c = seg_config()
+    c.regime.kind = "synthetic"
+    with pytest.raises(configlib.ConfigError, match="needs config.data.synthetic"):
+        configlib.resolve(c)
+    c = seg_config()
+    c.model.name = "segformer"
+    with pytest.raises(configlib.ConfigError, match="model.name='segformer' is unknown"):
+        configlib.resolve(c)
+    c = seg_config(synthetic=str(synthetic_dir))
+    c.regime.kind = "replace"
+    c.regime.alpha = 1.5
+    with pytest.raises(configlib.ConfigError, match="alpha is a probability"):
+        configlib.resolve(c)
+
+
+def test_bce_dice_loss_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 8, 8, 1)).astype(np.float32)
+    masks = (rng.random((3, 8, 8, 1)) > 0.6).astype(np.float32)
+    loss, parts = segmentation.bce_dice_loss(logits, masks)
+    p = 1 / (1 + np.exp(-logits))
+    bce = np.mean(-(masks * np.log(p) + (1 - masks) * np.log(1 - p)))
+    dice = (2 * (p * masks).sum((1, 2, 3)) + 1) / (p.sum((1, 2, 3)) + masks.sum((1, 2, 3)) + 1)
+    assert float(parts["bce"]) == pytest.approx(bce, rel=1e-5)
+    assert float(loss) == pytest.approx(bce + np.mean(1 - dice), rel=1e-5)
