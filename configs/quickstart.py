@@ -1,10 +1,22 @@
-"""Quickstart on the embedded phantom data (CPU, minutes): for now data preparation and inspection."""
-from polypjax import configlib
+"""Quickstart on the embedded phantom data (CPU, minutes): data preparation and inspection, then a
+short segmentation training run scored in-domain (phantom-a) and cross-domain (phantom-b)."""
+import importlib.util
+import pathlib
 
 
 def get_config():
-    config = configlib.base_config("prepare_data")
-    config.data.image_size = 128
-    config.data.phantom_train_examples = 200
+    spec = importlib.util.spec_from_file_location(
+        "segmentation_config", pathlib.Path(__file__).with_name("segmentation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("cpu")
+    config.task = "quickstart"
+    config.data.image_size = 64
+    config.data.batch_size = 16
+    config.data.phantom_train_examples = 400
     config.data.phantom_test_examples = 50
+    config.model.kwargs = {"features": (16, 32, 64)}
+    config.train.num_steps = 300
+    config.train.checkpoint_every = 100
+    config.optim.warmup_steps = 20
     return config

@@ -36,9 +36,20 @@ def run(config, workdir: str) -> None:
     tasks.module(resolved.task).run(resolved, workdir_path)
 
 
+class _LibraryInfoFilter(logging.Filter):
+    """Drops INFO chatter of libraries (orbax logs every checkpoint step) from the run's log."""
+
+    NOISY = ("orbax", "jax/_src", "etils", "clu/metric_writers/summary_writer", "grain/")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not any(s in record.pathname for s in self.NOISY)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for handler in logging.root.handlers:
+        handler.addFilter(_LibraryInfoFilter())
     from polypjax.configlib import ConfigError
     from polypjax.data.sources import DataError
     if _WORKDIR.value is None:

@@ -84,3 +84,8 @@ def test_cli_runs_and_records_resolved_config(tmp_path):
     assert (wd / "data" / "phantom-a-train" / "manifest.jsonl").exists()
     assert (wd / "samples_phantom-b-test.png").exists()
     assert "| phantom-b@test | test |" in (wd / "data_report.md").read_text()
+
+
+def test_quickstart_config_resolves():
+    c = configlib.resolve(_load("quickstart"))
+    assert c.task == "quickstart" and c.data.train == "phantom-a" and c.train.num_steps > 0

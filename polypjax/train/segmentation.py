@@ -143,6 +143,7 @@ def evaluate_sets(predict_fn_factory, params, model_state, test_sources: dict, c
                     if local["valid"][i] and len(overlays) < num_overlays:
                         overlays.append(_overlay_row(local["image"][i], local["mask"][i], pred[i]))
         result = {k: float(v) for k, v in total.compute().items()}
+        result["num_images"] = int(result["num_images"])
         result.update(step=int(step), test_set=name, num_examples=len(source))
         results[name] = result
         if jax.process_index() == 0:
