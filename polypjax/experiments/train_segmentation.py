@@ -32,5 +32,5 @@ def run(config, workdir: pathlib.Path) -> dict:
         export.atomic_write_text(pathlib.Path(workdir) / "results.json", json.dumps(summary, indent=2) + "\n")
         for name, r in results.items():
             print(f"{name}: mDice {r['mDice']:.4f}  mIoU {r['mIoU']:.4f}  dice {r['dice']:.4f}  "
-                  f"iou {r['iou']:.4f}  ({r["num_images"]} images)")
+                  f"iou {r['iou']:.4f}  ({r['num_images']} images)")
     return results
