@@ -1,0 +1,218 @@
+"""Generator families behind one API: `joint` (the paper) and `two_stage` (peers).
+
+- `joint`: one ADM UNet over RGB + mask channels (4 in, 4 out). Samples an image and its mask
+  together; with RePaint it paints a new polyp and its mask into a real background.
+- `two_stage`: a mask model (1 channel), then an image model conditioned on the mask by
+  concatenation, trained with condition dropout so sampling can use classifier-free guidance.
+
+Data convention: images and masks both live in [-1, 1] inside the models (mask -1 = background,
++1 = polyp); the null condition of the two-stage image model is all zeros, a value no real mask
+takes. Every method is a pure function of (params, arrays, rng) so it can be jitted and sharded.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polypjax.diffusion import objectives, samplers
+from polypjax.diffusion import schedule as schedule_lib
+from polypjax.models.adm_unet import ADMUNet
+
+KINDS = ("joint", "two_stage")
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+
+def to_model_range(batch: dict) -> tuple[jax.Array, jax.Array]:
+    """uint8 image [N,H,W,3] and {0,1} mask [N,H,W] -> float32 in [-1, 1], mask [N,H,W,1]."""
+    image = batch["image"].astype(jnp.float32) / 127.5 - 1.0
+    mask = batch["mask"].astype(jnp.float32)[..., None] * 2.0 - 1.0
+    return image, mask
+
+
+def to_uint8_image(x: jax.Array) -> jax.Array:
+    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def to_binary_mask(m: jax.Array) -> jax.Array:
+    return (m[..., 0] > 0).astype(jnp.uint8)
+
+
+def make_unet(model_config, in_channels: int, out_channels: int, cond_channels: int = 0) -> ADMUNet:
+    m = model_config
+    return ADMUNet(model_channels=m.channels, out_channels=out_channels * (2 if m.learn_sigma else 1),
+                   num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
+                   dropout=m.dropout, channel_mult=tuple(m.channel_mult), num_heads=m.num_heads,
+                   num_head_channels=m.num_head_channels, use_scale_shift_norm=m.use_scale_shift_norm,
+                   resblock_updown=m.resblock_updown, learn_sigma=m.learn_sigma, in_channels=in_channels,
+                   cond_channels=cond_channels, dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    kind: str = "ddim"  # ddpm | ddim | dpm++
+    steps: int = 50
+    eta: float = 0.0
+    guidance: float = 0.0  # classifier-free guidance w (two_stage image model); 0 = conditional
+    clip_x0: bool = True
+
+    @classmethod
+    def from_config(cls, c) -> "SamplerSpec":
+        return cls(kind=c.kind, steps=int(c.steps), eta=float(c.eta), guidance=float(c.guidance),
+                   clip_x0=bool(c.clip_x0))
+
+
+def run_sampler(model_fn, sched, shape, rng, spec: SamplerSpec, *, pred: str, learn_sigma: bool,
+                indices=None) -> jax.Array:
+    """Any sampler with any number of steps (respacing for DDPM/DDIM)."""
+    if spec.kind not in SAMPLERS:
+        raise ValueError(f"sampler {spec.kind!r} is unknown; choose one of {SAMPLERS}")
+    if spec.kind == "dpm++":
+        return samplers.dpm_solver_pp_sample(model_fn, sched, shape, rng, steps=spec.steps, pred=pred,
+                                             learn_sigma=learn_sigma, indices=indices)
+    spaced = sched if spec.steps >= len(sched) else schedule_lib.respace(sched, [spec.steps])
+    if spec.kind == "ddpm":
+        return samplers.ddpm_sample(model_fn, spaced, shape, rng, pred=pred, clip_x0=spec.clip_x0,
+                                    learn_sigma=learn_sigma, indices=indices)
+    return samplers.ddim_sample(model_fn, spaced, shape, rng, eta=spec.eta, pred=pred, clip_x0=spec.clip_x0,
+                                learn_sigma=learn_sigma, indices=indices)
+
+
+class Generator:
+    """Shared plumbing: schedule, prediction target, loss of one UNet."""
+
+    kind = ""
+
+    def __init__(self, config):
+        d = config.diffusion
+        self.config = config
+        self.sched = schedule_lib.make_schedule(d.schedule, d.num_timesteps)
+        self.pred = d.pred
+        self.learn_sigma = bool(config.model.learn_sigma)
+        self.image_size = int(config.data.image_size)
+
+    def _unet_loss(self, model: ADMUNet, params, x0, rng, cond=None):
+        drop_rng, loss_rng = jax.random.split(rng)
+
+        def apply_fn(p, x_t, t, c):
+            return model.apply({"params": p}, x_t, t, c, train=True, rngs={"dropout": drop_rng})
+
+        return objectives.training_loss(apply_fn, params, self.sched, x0, loss_rng, pred=self.pred,
+                                        learn_sigma=self.learn_sigma, cond=cond)
+
+    def _model_fn(self, model: ADMUNet, params, cond=None):
+        return lambda x, t: model.apply({"params": params}, x, t, cond, train=False).astype(jnp.float32)
+
+
+class JointGenerator(Generator):
+    kind = "joint"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = make_unet(config.model, in_channels=4, out_channels=4)
+
+    def init(self, rng, batch):
+        s = self.image_size
+        params = self.model.init({"params": rng}, jnp.zeros((1, s, s, 4)), jnp.zeros((1,), jnp.int32))["params"]
+        return {"joint": params}, {}
+
+    def loss(self, params, model_state, batch, rng):
+        image, mask = to_model_range(batch)
+        terms = self._unet_loss(self.model, params["joint"], jnp.concatenate([image, mask], -1), rng)
+        return terms["loss"].mean(), ({"mse": terms["mse"].mean(), "vb": terms["vb"].mean()}, model_state)
+
+    def sample(self, params, rng, n: int, spec: SamplerSpec, indices=None) -> tuple[jax.Array, jax.Array]:
+        """-> (image float [-1,1] [n,S,S,3], mask float [-1,1] [n,S,S,1])."""
+        s = self.image_size
+        x = run_sampler(self._model_fn(self.model, params["joint"]), self.sched, (n, s, s, 4), rng, spec,
+                        pred=self.pred, learn_sigma=self.learn_sigma, indices=indices)
+        return x[..., :3], x[..., 3:]
+
+    def inpaint(self, params, rng, image_u8, region, *, jump_length=10, jump_n_sample=10, steps=250, indices=None):
+        """RePaint: regenerate image and mask inside `region` ({0,1} [n,S,S], 1 = new content) of
+        real frames; outside it the frame is kept and the mask is background."""
+        image = image_u8.astype(jnp.float32) / 127.5 - 1.0
+        known = jnp.concatenate([image, -jnp.ones(image.shape[:3] + (1,))], -1)
+        known_mask = (1.0 - region.astype(jnp.float32))[..., None]
+        spaced = self.sched if steps >= len(self.sched) else schedule_lib.respace(self.sched, [steps])
+        x = samplers.repaint_sample(self._model_fn(self.model, params["joint"]), spaced, known, known_mask, rng,
+                                    jump_length=jump_length, jump_n_sample=jump_n_sample, pred=self.pred,
+                                    learn_sigma=self.learn_sigma, indices=indices)
+        return x[..., :3], x[..., 3:]
+
+
+class TwoStageGenerator(Generator):
+    kind = "two_stage"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.mask_model = make_unet(config.model, in_channels=1, out_channels=1)
+        self.image_model = make_unet(config.model, in_channels=3, out_channels=3, cond_channels=1)
+        self.cond_dropout = float(config.diffusion.cond_dropout)
+
+    def init(self, rng, batch):
+        s = self.image_size
+        k1, k2 = jax.random.split(rng)
+        t = jnp.zeros((1,), jnp.int32)
+        mask_params = self.mask_model.init({"params": k1}, jnp.zeros((1, s, s, 1)), t)["params"]
+        image_params = self.image_model.init({"params": k2}, jnp.zeros((1, s, s, 3)), t, jnp.zeros((1, s, s, 1)))["params"]
+        return {"mask": mask_params, "image": image_params}, {}
+
+    def loss(self, params, model_state, batch, rng):
+        image, mask = to_model_range(batch)
+        k_mask, k_image, k_drop = jax.random.split(rng, 3)
+        mask_terms = self._unet_loss(self.mask_model, params["mask"], mask, k_mask)
+        # Condition dropout: the unconditional model the guidance needs is the same network with
+        # an all-zero condition.
+        keep = jax.random.uniform(k_drop, (mask.shape[0], 1, 1, 1)) >= self.cond_dropout
+        image_terms = self._unet_loss(self.image_model, params["image"], image, k_image, cond=mask * keep)
+        loss = mask_terms["loss"].mean() + image_terms["loss"].mean()
+        return loss, ({"mask_mse": mask_terms["mse"].mean(), "image_mse": image_terms["mse"].mean()}, model_state)
+
+    def sample_masks(self, params, rng, n, spec: SamplerSpec, indices=None):
+        s = self.image_size
+        return run_sampler(self._model_fn(self.mask_model, params["mask"]), self.sched, (n, s, s, 1), rng,
+                           spec, pred=self.pred, learn_sigma=self.learn_sigma, indices=indices)
+
+    def sample_images(self, params, rng, masks, spec: SamplerSpec, indices=None):
+        """Images for given masks ([n,S,S,1] in [-1,1]), with guidance scale `spec.guidance`."""
+        cond = jnp.where(masks > 0, 1.0, -1.0)
+        model = self.image_model
+
+        def model_fn_cond(x, t, c):
+            return model.apply({"params": params["image"]}, x, t, c, train=False).astype(jnp.float32)
+
+        if spec.guidance == 0.0:
+            model_fn = lambda x, t: model_fn_cond(x, t, cond)  # noqa: E731 - no second forward needed
+        else:
+            model_fn = samplers.cfg_model_fn(model_fn_cond, cond, spec.guidance, learn_sigma=self.learn_sigma)
+        return run_sampler(model_fn, self.sched, masks.shape[:3] + (3,), rng, spec, pred=self.pred,
+                           learn_sigma=self.learn_sigma, indices=indices)
+
+    def sample(self, params, rng, n: int, spec: SamplerSpec, indices=None):
+        k_mask, k_image = jax.random.split(rng)
+        masks = self.sample_masks(params, k_mask, n, spec, indices)
+        images = self.sample_images(params, k_image, masks, spec, indices)
+        return images, jnp.where(masks > 0, 1.0, -1.0)
+
+
+def make_generator(config) -> Generator:
+    kind = config.generator.kind
+    if kind == "joint":
+        return JointGenerator(config)
+    if kind == "two_stage":
+        return TwoStageGenerator(config)
+    raise ValueError(f"config.generator.kind={kind!r} is unknown; choose one of {KINDS}")
+
+
+def postprocess_pairs(images: np.ndarray, masks: np.ndarray, post_config) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side: [-1,1] floats -> uint8 images and cleaned {0,1} masks (the paper's clean-up)."""
+    from polypjax.diffusion import postprocess
+    images_u8 = np.asarray(to_uint8_image(jnp.asarray(images)))
+    masks_bin = postprocess.postprocess_masks(np.asarray(masks)[..., 0], radius=post_config.opening_radius,
+                                              min_size=post_config.min_component_size)
+    return images_u8, masks_bin.astype(np.uint8)
+
+
