@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from polypjax.configlib import ConfigError
+from polypjax.train import loop
 from polypjax.data import catalog, export, pipeline, visualize
 from polypjax.diffusion import generators
 
@@ -83,9 +84,4 @@ def validate(config) -> None:
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {m.dtype!r}")
     if config.eval.num_samples <= 0:
         raise ConfigError(f"config.eval.num_samples must be positive, got {config.eval.num_samples}")
-    t = config.train
-    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if t[name] <= 0:
-            raise ConfigError(f"config.train.{name} must be positive, got {t[name]}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    loop.validate_train_config(config)

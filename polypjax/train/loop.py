@@ -175,6 +175,28 @@ def _flat(d, prefix=""):
     return out
 
 
+def validate_train_config(config) -> None:
+    """Checks `config.train` and `config.optim` (shared by every training task)."""
+    from polypjax.configlib import ConfigError
+    t = config.train
+    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[name] <= 0:
+            raise ConfigError(f"config.train.{name} must be positive, got {t[name]}")
+    if t.eval_every < 0:
+        raise ConfigError(f"config.train.eval_every must be >= 0 (0: at the end only), got {t.eval_every}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    o = config.optim
+    if o.learning_rate <= 0:
+        raise ConfigError(f"config.optim.learning_rate must be positive, got {o.learning_rate}")
+    if o.name not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"config.optim.name={o.name!r} is unknown; choose adam, adamw or sgd")
+    if o.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"config.optim.schedule={o.schedule!r} is unknown; choose cosine or constant")
+    if o.warmup_steps < 0 or o.grad_clip < 0:
+        raise ConfigError("config.optim.warmup_steps and grad_clip must be >= 0")
+
+
 def train_config():
     """Defaults of `config.train` and `config.optim` shared by the training tasks."""
     import ml_collections

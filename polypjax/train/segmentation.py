@@ -24,6 +24,7 @@ from polypjax.configlib import ConfigError, split_specs
 from polypjax.data import catalog, export, pipeline, sources, visualize
 from polypjax.metrics.segmentation import SegmentationMetrics
 from polypjax.models import segmenters
+from polypjax.train import loop
 
 REGIMES = ("real", "real_augment", "synthetic", "mixed", "replace")
 
@@ -212,14 +213,7 @@ def validate(config) -> None:
         check_source_spec(config.data.synthetic, "data.synthetic")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
-    t = config.train
-    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if t[name] <= 0:
-            raise ConfigError(f"config.train.{name} must be positive, got {t[name]}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if config.optim.learning_rate <= 0:
-        raise ConfigError(f"config.optim.learning_rate must be positive, got {config.optim.learning_rate}")
+    loop.validate_train_config(config)
     if not split_specs(config.data.test):
         raise ConfigError("config.data.test names no test set")
 
