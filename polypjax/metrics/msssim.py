@@ -6,9 +6,14 @@ SSIM/CS maps averaged per channel; MS-SSIM relu's each level's CS and the last l
 channel, downsamples with avg_pool2d(kernel 2, padding = size % 2 per axis, zero padding counted),
 raises levels to their weights, multiplies, and finally averages over channels.
 
-The filtering is the memory-bound part, so the five maps it needs (x, y, x^2, y^2, xy) are
-stacked on the channel axis and blurred by one depthwise convolution per axis, instead of ten
-separate passes over the images.
+The filtering is the costly part, and on CPU it is memory-bound, so the layout is chosen for it.
+Inside the jitted functions images are planar ([N, C, H, W]: whole rows contiguous), the five
+maps the filter needs (x, y, x^2, y^2, xy) are stacked on a new leading axis and blurred together,
+one pass per axis, and each pass is a sum of 11 shifted slices times the window weights, which XLA
+fuses into one vectorised loop. Measured on XLA:CPU (32 pairs, 256^2): a depthwise
+convolution per axis (grouped convolutions take a slow generic path) was ~25x slower than the
+shifted sum, a banded-matrix matmul does ~20x the arithmetic, and the same shifted sum in NHWC
+(15 interleaved channels) was ~4x slower end to end than the planar form.
 """
 import functools
 
@@ -28,46 +33,55 @@ def gaussian_window(win_size=11, win_sigma=1.5):
 
 
 def _blur_valid(x, win):
-    """Separable valid Gaussian blur of every channel of NHWC `x` (height, then width)."""
-    c = x.shape[-1]
+    """Separable valid Gaussian blur over the last two axes (height, then width) of `x`.
+
+    out[i] = sum_k win[k] x[i + k] along each axis, accumulated in window order in float32 (the
+    same sum a convolution forms, up to rounding order; agreement is tested to 1e-4).
+    """
+    win = np.asarray(win, np.float32)
     k = win.shape[0]
-    dn = ("NHWC", "HWIO", "NHWC")
-    win = jnp.asarray(win, x.dtype)
-    for kernel_shape in ((k, 1, 1, c), (1, k, 1, c)):
-        kernel = jnp.broadcast_to(win.reshape(kernel_shape[:2] + (1, 1)), kernel_shape)
-        # HIGHEST: sigma = E[x^2] - E[x]^2 cancels; TF32/bf16 passes on GPU/TPU would wreck it.
-        x = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=dn,
-                                         feature_group_count=c,
-                                         precision=jax.lax.Precision.HIGHEST)
+    for axis in (x.ndim - 2, x.ndim - 1):
+        n = x.shape[axis] - k + 1
+        acc = None
+        for i in range(k):
+            term = jax.lax.slice_in_dim(x, i, i + n, axis=axis) * jnp.asarray(win[i], x.dtype)
+            acc = term if acc is None else acc + term
+        x = acc
     return x
 
 
 def _ssim_per_channel(x, y, win, data_range, K):
-    """(ssim [N, C], cs [N, C]) of pytorch_msssim's _ssim."""
+    """(ssim [N, C], cs [N, C]) of pytorch_msssim's _ssim, for planar [N, C, H, W] inputs."""
     k1, k2 = K
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    c = x.shape[-1]
-    blurred = _blur_valid(jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1), win)
-    mu1, mu2, xx, yy, xy = (blurred[..., i * c:(i + 1) * c] for i in range(5))
+    mu1, mu2, xx, yy, xy = _blur_valid(jnp.stack([x, y, x * x, y * y, x * y]), win)
     mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
     sigma1_sq = xx - mu1_sq
     sigma2_sq = yy - mu2_sq
     sigma12 = xy - mu1_mu2
     cs_map = (2 * sigma12 + c2) / (sigma1_sq + sigma2_sq + c2)
     ssim_map = ((2 * mu1_mu2 + c1) / (mu1_sq + mu2_sq + c1)) * cs_map
-    return ssim_map.mean(axis=(1, 2)), cs_map.mean(axis=(1, 2))
+    return ssim_map.mean(axis=(-2, -1)), cs_map.mean(axis=(-2, -1))
+
+
+def _avg_pool_last2(x):
+    """F.avg_pool2d(kernel_size=2, padding=[s % 2 for s in (H, W)]) over the last two axes, divisor 4."""
+    h, w = x.shape[-2:]
+    ph, pw = h % 2, w % 2
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(ph, ph), (pw, pw)])
+    oh, ow = (h + 2 * ph - 2) // 2 + 1, (w + 2 * pw - 2) // 2 + 1
+    x = x[..., :2 * oh, :2 * ow]
+    return x.reshape(x.shape[:-2] + (oh, 2, ow, 2)).mean(axis=(-3, -1))
 
 
 def _avg_pool_2x2(x):
-    """F.avg_pool2d(kernel_size=2, padding=[s % 2 for s in (H, W)]) on NHWC, divisor always 4."""
-    _, h, w, _ = x.shape
-    ph, pw = h % 2, w % 2
-    x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    oh, ow = (h + 2 * ph - 2) // 2 + 1, (w + 2 * pw - 2) // 2 + 1
-    x = x[:, :2 * oh, :2 * ow]
-    n, _, _, c = x.shape
-    return x.reshape(n, oh, 2, ow, 2, c).mean(axis=(2, 4))
+    """`_avg_pool_last2` for NHWC input (the layout of the public functions)."""
+    return jnp.moveaxis(_avg_pool_last2(jnp.moveaxis(x, -1, 1)), 1, -1)
+
+
+def _planar(x):
+    return jnp.transpose(x, (0, 3, 1, 2))
 
 
 def _check(x, y, min_side, what):
@@ -86,7 +100,8 @@ def _as_float(x):
 
 @functools.partial(jax.jit, static_argnames=("win_size", "win_sigma", "K", "nonnegative"))
 def _ssim_jit(x, y, data_range, win_size, win_sigma, K, nonnegative):
-    ssim_pc, _ = _ssim_per_channel(x, y, gaussian_window(win_size, win_sigma), data_range, K)
+    ssim_pc, _ = _ssim_per_channel(_planar(x), _planar(y), gaussian_window(win_size, win_sigma),
+                                   data_range, K)
     if nonnegative:
         ssim_pc = jax.nn.relu(ssim_pc)
     return ssim_pc.mean(axis=-1)
@@ -111,12 +126,13 @@ def ssim(x, y, data_range=1.0, size_average=False, win_size=11, win_sigma=1.5, K
 @functools.partial(jax.jit, static_argnames=("win_size", "win_sigma", "weights", "K"))
 def _ms_ssim_jit(x, y, data_range, win_size, win_sigma, weights, K):
     win = gaussian_window(win_size, win_sigma)
+    x, y = _planar(x), _planar(y)
     levels = []
     for level in range(len(weights)):
         ssim_pc, cs = _ssim_per_channel(x, y, win, data_range, K)
         if level < len(weights) - 1:
             levels.append(jax.nn.relu(cs))
-            x, y = _avg_pool_2x2(x), _avg_pool_2x2(y)
+            x, y = _avg_pool_last2(x), _avg_pool_last2(y)
     levels.append(jax.nn.relu(ssim_pc))
     stacked = jnp.stack(levels)  # [level, N, C]
     w = jnp.asarray(weights, stacked.dtype).reshape(-1, 1, 1)
