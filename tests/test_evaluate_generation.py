@@ -4,12 +4,9 @@ The real set is 6 phantom-a frames; the generated folders are an exact copy of t
 PairWriter, so FID ~ 0 and mask distances 0) and 6 noise images with rectangle masks. FID runs on
 random Inception weights here: a test of the plumbing only (user runs refuse random weights).
 """
-import dataclasses
 import importlib.util
 import json
 import pathlib
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -65,42 +62,6 @@ def weights(tmp_path_factory):
     return str(path)
 
 
-@dataclasses.dataclass
-class _StandInSegmentationMetrics:
-    """Used only while polypjax.metrics.segmentation is not written yet: same API, per-image Dice/IoU."""
-    dice_sum: float
-    iou_sum: float
-    n: int
-
-    @classmethod
-    def from_model_output(cls, logits, masks, valid):
-        pred = np.asarray(logits)[..., 0] > 0
-        gt = np.asarray(masks) > 0
-        v = np.asarray(valid, bool)
-        inter = (pred & gt).sum((1, 2))
-        total = pred.sum((1, 2)) + gt.sum((1, 2))
-        dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
-        iou = np.where(total > 0, inter / np.maximum(total - inter, 1), 1.0)
-        return cls(float(dice[v].sum()), float(iou[v].sum()), int(v.sum()))
-
-    def merge(self, other):
-        return type(self)(self.dice_sum + other.dice_sum, self.iou_sum + other.iou_sum, self.n + other.n)
-
-    def compute(self):
-        return {"mDice": self.dice_sum / self.n, "mIoU": self.iou_sum / self.n, "dice": self.dice_sum / self.n,
-                "iou": self.iou_sum / self.n, "num_images": self.n}
-
-
-@pytest.fixture
-def segmentation_metrics(monkeypatch):
-    try:
-        import polypjax.metrics.segmentation  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("polypjax.metrics.segmentation")
-        stub.SegmentationMetrics = _StandInSegmentationMetrics
-        monkeypatch.setitem(sys.modules, "polypjax.metrics.segmentation", stub)
-
-
 def _threshold_predictor(image_size, invert=False):
     # A stand-in segmenter: the "polyp" is wherever the image is bright.
     def predict(images):
@@ -116,7 +77,7 @@ def _run(config, workdir):
     return report, (workdir / "generation_metrics.md").read_text()
 
 
-def test_without_weights_fid_unavailable_other_metrics_present(folders, tmp_path, monkeypatch, segmentation_metrics):
+def test_without_weights_fid_unavailable_other_metrics_present(folders, tmp_path, monkeypatch):
     seg_wd = tmp_path / "seg"
     seg_wd.mkdir()
     (seg_wd / "config.json").write_text("{}")
@@ -190,7 +151,7 @@ def test_frechet_distance_to_features_matches_full_computation(n):
     assert got == pytest.approx(ref, rel=1e-8)
 
 
-def test_label_consistency_with_stand_in_segmenter(segmentation_metrics):
+def test_label_consistency_with_stand_in_segmenter():
     rng = np.random.default_rng(1)
     pairs = []
     for i in range(5):  # images that show their mask, so thresholding recovers it exactly
