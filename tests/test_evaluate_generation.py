@@ -145,7 +145,7 @@ def test_frechet_distance_to_features_matches_full_computation(n):
     real = rng.gamma(2.0, size=(50, 32)) @ rng.normal(size=(32, 32))
     gen = rng.gamma(2.0, size=(n, 32)) @ rng.normal(size=(32, 32)) + 0.3
     mu1, sigma1 = real.mean(0), np.cov(real, rowvar=False)
-    got = evaluate.frechet_distance_to_features(mu1, sigma1, gen.astype(np.float32))
+    got = fid.frechet_distance_to_features(mu1, sigma1, gen.astype(np.float32))
     ref = fid.frechet_distance(mu1, sigma1, gen.astype(np.float32).mean(0),
                                np.cov(gen.astype(np.float32).astype(np.float64), rowvar=False))
     assert got == pytest.approx(ref, rel=1e-8)

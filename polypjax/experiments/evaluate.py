@@ -264,29 +264,6 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
     return out
 
 
-def frechet_distance_to_features(mu1, sigma1, features2):
-    """FID between (mu1, sigma1) and a set given by its [n, D] features, exact, in float64.
-
-    With n <= D the second covariance is Y^T Y (Y = centred features / sqrt(n - 1)), and the
-    non-zero eigenvalues of sigma1 Y^T Y are those of the symmetric PSD n x n matrix Y sigma1 Y^T,
-    so Tr sqrt(sigma1 sigma2) = sum sqrt(eig(Y sigma1 Y^T)): one n x n eigendecomposition instead
-    of two D x D ones (D = 2048). Generated sets of a few hundred to a couple of thousand images
-    are the common case here. Larger sets go through `fid.frechet_distance`.
-    """
-    x = np.asarray(features2, np.float64)
-    n, d = x.shape
-    mu2 = x.mean(axis=0)
-    if n > d:
-        return fid.frechet_distance(mu1, sigma1, mu2, np.cov(x, rowvar=False))
-    mu1 = np.asarray(mu1, np.float64)
-    sigma1 = np.asarray(sigma1, np.float64)
-    y = (x - mu2) / np.sqrt(n - 1)
-    g = y @ sigma1 @ y.T
-    ev = np.linalg.eigvalsh((g + g.T) / 2)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + (y * y).sum() - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
-
-
 def load_segmenter(workdir):
     """The real-trained segmenter of a train_segmentation workdir (imported only when asked for)."""
     from polypjax.train.segmentation import load_segmenter as load
@@ -377,7 +354,7 @@ def run(config, workdir: pathlib.Path) -> dict:
         moments, gen_masks = scan(source, name=name, extract=extract if real_mu is not None else None)
         r = {"name": name, "spec": spec, "num_images": len(source), "fid": None, "kid": None}
         if moments is not None:
-            r["fid"] = frechet_distance_to_features(real_mu, real_sigma, moments.features())
+            r["fid"] = fid.frechet_distance_to_features(real_mu, real_sigma, moments.features())
             if real_features is not None:
                 mean, std = fid.kid(real_features, moments.features(), num_subsets=e.kid_subsets,
                                     subset_size=e.kid_subset_size, seed=config.seed)
