@@ -154,3 +154,23 @@ def test_real_kvasir_pairs(kvasir_dir):
     assert src.layout == "kvasir" and len(src) == 900
     pair = src[0]
     assert pair["image"].shape[:2] == pair["mask"].shape and pair["mask"].max() == 1
+
+
+def test_decode_size_drafts_jpegs_and_keeps_pairs_aligned(tmp_path):
+    root = tmp_path / "big"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)
+    mask = np.zeros((400, 600), np.uint8)
+    mask[100:300, 200:500] = 255
+    Image.fromarray(image).save(root / "images" / "a.jpg")
+    Image.fromarray(mask).save(root / "masks" / "a.jpg")
+    Image.fromarray(image).save(root / "images" / "b.jpg")
+    Image.fromarray(mask).save(root / "masks" / "b.png")  # mixed formats fall back to full decode
+    full = sources.FolderSource(root)
+    small = sources.FolderSource(root, decode_size=64)
+    a = small[0]
+    assert a["image"].shape == (100, 150, 3) and a["mask"].shape == (100, 150)  # 1/4 scale, >= 64
+    assert abs(a["mask"].mean() - full[0]["mask"].mean()) < 0.01
+    assert small[1]["image"].shape == (400, 600, 3) and small[1]["mask"].shape == (400, 600)
