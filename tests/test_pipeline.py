@@ -155,3 +155,54 @@ def test_worker_processes_give_the_same_stream():
     inline = [_ids(b) for b in _take(iter(pipeline.train_dataset(src, **kw)), 4)]
     it = iter(pipeline.train_dataset(src, worker_count=1, **kw))
     assert [_ids(b) for b in _take(it, 4)] == inline
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, time
+from polypjax.data import pipeline
+from test_pipeline import CountingSource
+if __name__ == "__main__":
+    it = iter(pipeline.train_dataset(CountingSource(12), image_size=None, global_batch_size=4, seed=0,
+                                     worker_count=1, process_index=0, process_count=1))
+    next(it)
+    print("CHILDREN", *[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(120)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="prctl death signal is Linux-only")
+def test_workers_exit_when_the_training_process_is_killed(tmp_path):
+    import os
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pathlib.Path(__file__).parent),
+                                                         str(pathlib.Path(__file__).parent.parent)])}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    line = ""
+    deadline = time.time() + 120
+    while not line.startswith("CHILDREN") and time.time() < deadline:
+        line = proc.stdout.readline()
+    children = [int(p) for p in line.split()[1:]]
+    assert children, "no worker process started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(p) for p in children) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in children if _alive(p)]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"worker processes {alive} outlived their killed parent"

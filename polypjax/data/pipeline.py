@@ -92,8 +92,19 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
         from absl import flags
         if not flags.FLAGS.is_parsed():  # grain reads its absl flags; scripts and tests parse none
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                            worker_init_fn=_exit_with_parent)
     return it
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Workers get SIGKILL when the training process dies, even by SIGKILL (Linux prctl)."""
+    import sys
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _PaddedEvalSource:
