@@ -142,3 +142,29 @@ def build_command(name: str, *, manual: bool, data_dir: str | None = None) -> st
         parts.append("--manual_dir <folder with the unpacked download>")
     parts.append(f"--data_dir {data_dir}" if data_dir else "[--data_dir <dir>]")
     return " ".join(parts)
+
+
+class FolderPairsBuilder:
+    """Mixin for builders of a manually downloaded folder of pairs (Kvasir-SEG, CVC-ClinicDB).
+
+    A builder sets DESCRIPTION, HOMEPAGE, CITATION, TEST_FRACTION and SPLIT_SEED. Records keep
+    the folder reader's (natural) order, so index i here is index i of `FolderSource(split=...)`;
+    training shuffles in grain anyway.
+    """
+
+    DESCRIPTION = HOMEPAGE = CITATION = ""
+    TEST_FRACTION = 0.1
+    SPLIT_SEED = 0
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=self.DESCRIPTION, features=pair_features(), supervised_keys=("image", "mask"),
+            homepage=self.HOMEPAGE, citation=self.CITATION, disable_shuffling=True)
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        pairs = read_folder_pairs(dl_manager.manual_dir, dl_manager)
+        splits = split_pairs(pairs, test_fraction=self.TEST_FRACTION, seed=self.SPLIT_SEED)
+        return {name: self._generate_examples(split) for name, split in splits.items()}
+
+    def _generate_examples(self, pairs):
+        yield from generate_folder_examples(pairs)

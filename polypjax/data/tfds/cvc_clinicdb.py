@@ -50,7 +50,8 @@ _CITATION = """\
 """
 
 
-class CvcClinicdb(common.ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class CvcClinicdb(common.FolderPairsBuilder, common.ArrayRecordByDefault,
+                tfds.core.GeneratorBasedBuilder):
     """CVC-ClinicDB: 612 frames from 31 colonoscopy sequences with polyp masks (384x288)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -66,23 +67,9 @@ class CvcClinicdb(common.ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     (PraNet's TestDataset/CVC-ClinicDB is only its 62-frame test subset).
     """
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="CVC-ClinicDB colonoscopy frames with binary polyp masks; seeded hash "
-                        "train/test split of the frame ids (not PraNet's split).",
-            features=common.pair_features(),
-            supervised_keys=("image", "mask"),
-            homepage="https://polyp.grand-challenge.org/CVCClinicDB/",
-            citation=_CITATION,
-            # Records keep the folder reader's (natural) order, so index i here is index i of
-            # `FolderSource(split=...)`; training shuffles in grain anyway.
-            disable_shuffling=True,
-        )
-
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        pairs = common.read_folder_pairs(dl_manager.manual_dir, dl_manager)
-        splits = common.split_pairs(pairs, test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
-        return {name: self._generate_examples(split) for name, split in splits.items()}
-
-    def _generate_examples(self, pairs):
-        yield from common.generate_folder_examples(pairs)
+    DESCRIPTION = ("CVC-ClinicDB colonoscopy frames with binary polyp masks; seeded hash "
+                   "train/test split of the frame ids (not PraNet's split).")
+    HOMEPAGE = "https://polyp.grand-challenge.org/CVCClinicDB/"
+    CITATION = _CITATION
+    TEST_FRACTION = TEST_FRACTION
+    SPLIT_SEED = SPLIT_SEED

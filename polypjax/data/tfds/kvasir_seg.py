@@ -45,7 +45,8 @@ _CITATION = """\
 """
 
 
-class KvasirSeg(common.ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class KvasirSeg(common.FolderPairsBuilder, common.ArrayRecordByDefault,
+                tfds.core.GeneratorBasedBuilder):
     """Kvasir-SEG: 1000 colonoscopy frames with polyp masks (Simula, CC BY 4.0)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -59,23 +60,10 @@ class KvasirSeg(common.ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     (giving `Kvasir-SEG/images/*.jpg` and `Kvasir-SEG/masks/*.jpg`) or put the .zip itself there.
     HyperKvasir's `segmented-images` folder has the same layout and works too.
     """
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="Kvasir-SEG colonoscopy frames with binary polyp masks; seeded hash "
-                        "train/test split of the file stems (not PraNet's split).",
-            features=common.pair_features(),
-            supervised_keys=("image", "mask"),
-            homepage="https://datasets.simula.no/kvasir-seg/",
-            citation=_CITATION,
-            # Records keep the folder reader's (natural) order, so index i here is index i of
-            # `FolderSource(split=...)`; training shuffles in grain anyway.
-            disable_shuffling=True,
-        )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        pairs = common.read_folder_pairs(dl_manager.manual_dir, dl_manager)
-        splits = common.split_pairs(pairs, test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
-        return {name: self._generate_examples(split) for name, split in splits.items()}
-
-    def _generate_examples(self, pairs):
-        yield from common.generate_folder_examples(pairs)
+    DESCRIPTION = ("Kvasir-SEG colonoscopy frames with binary polyp masks; seeded hash "
+                   "train/test split of the file stems (not PraNet's split).")
+    HOMEPAGE = "https://datasets.simula.no/kvasir-seg/"
+    CITATION = _CITATION
+    TEST_FRACTION = TEST_FRACTION
+    SPLIT_SEED = SPLIT_SEED
