@@ -101,9 +101,9 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     num_steps = int(config.train.num_steps)
     data_iter = iter(task.train_iterator())
-    first = parallel.global_batch(next(data_iter), mesh)
-    # Re-create the iterator so the first batch is also the first one trained on.
-    data_iter = iter(task.train_iterator())
+    start_state = data_iter.get_state()
+    first = parallel.global_batch(next(data_iter), mesh)  # shapes for initialisation
+    data_iter.set_state(start_state)  # so the first batch is also the first one trained on
     state, shardings = create_state(task, config, mesh, first, num_steps)
     batch_sharding = parallel.batch_sharding(mesh)
     step_fn = jax.jit(make_train_step(task.loss), in_shardings=(shardings, batch_sharding),
