@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from polypjax.models.conv import conv_general_dilated
+
 Dtype = Any
 
 _zeros = nn.initializers.zeros
@@ -71,7 +73,8 @@ def _conv(features, dtype, kernel=3, stride=1, zero=False, name=None):
     pad = kernel // 2
     kw = dict(kernel_init=_zeros) if zero else {}
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), dtype=dtype, name=name, **kw)
+                   padding=((pad, pad), (pad, pad)), dtype=dtype, name=name,
+                   conv_general_dilated=conv_general_dilated, **kw)
 
 
 def _upsample(x):

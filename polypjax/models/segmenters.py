@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from polypjax.models.conv import conv_general_dilated
+
 Dtype = Any
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here), so models behave like the smp ones.
@@ -75,6 +77,7 @@ class ConvBNAct(nn.Module):
             kernel_dilation=(self.dilation, self.dilation),
             feature_group_count=self.groups,
             use_bias=False,
+            conv_general_dilated=conv_general_dilated,
             dtype=self.dtype,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
         )(x)
@@ -105,7 +108,8 @@ class Head(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(self.num_classes, (self.kernel, self.kernel), padding="SAME", dtype=self.dtype)(x)
+        x = nn.Conv(self.num_classes, (self.kernel, self.kernel), padding="SAME", dtype=self.dtype,
+                    conv_general_dilated=conv_general_dilated)(x)
         return x.astype(jnp.float32)
 
 
