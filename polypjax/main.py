@@ -20,7 +20,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
 
 
-def run(config, workdir: str) -> None:
+def run(config, workdir: str) -> object:
     """Validates `config`, records it in `workdir` and runs its task (also the API for tests)."""
     from polypjax import configlib, parallel, tasks
     from polypjax.data import export
@@ -33,7 +33,7 @@ def run(config, workdir: str) -> None:
     if jax.process_index() == 0:
         export.atomic_write_text(workdir_path / "config.json",
                                  json.dumps(resolved.to_dict(), indent=2, sort_keys=True) + "\n")
-    tasks.module(resolved.task).run(resolved, workdir_path)
+    return tasks.module(resolved.task).run(resolved, workdir_path)
 
 
 class _LibraryInfoFilter(logging.Filter):

@@ -10,6 +10,7 @@ TASKS = {
     "evaluate_generation": "polypjax.experiments.evaluate",
     "train_segmentation": "polypjax.experiments.train_segmentation",
     "train_diffusion": "polypjax.experiments.train_diffusion",
+    "generate": "polypjax.experiments.generate",
 }
 
 

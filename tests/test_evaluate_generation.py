@@ -160,6 +160,8 @@ def test_label_consistency_with_stand_in_segmenter():
         pairs.append({"image": np.repeat(mask[..., None] * 255, 3, axis=-1), "mask": mask, "id": str(i)})
     same = evaluate.label_consistency(pairs, _threshold_predictor(32), 32, batch_size=4)
     assert same["mDice"] == pytest.approx(1.0) and same["mIoU"] == pytest.approx(1.0) and same["num_images"] == 5
+    # Chance: predictions against a neighbour's mask, only where both are real (not padding).
+    assert same["chance_num_images"] == 4 and same["chance_mDice"] < 0.8
     inverse = evaluate.label_consistency(pairs, _threshold_predictor(32, invert=True), 32, batch_size=4)
     assert inverse["mDice"] == pytest.approx(0.0) and inverse["num_images"] == 5
     resized = evaluate.label_consistency(pairs, _threshold_predictor(16), 16, batch_size=8)

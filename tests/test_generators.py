@@ -84,6 +84,47 @@ def test_diffusion_task_trains_and_writes_sample_grid(tmp_path):
     assert any("sample/mask_fraction_mean" in r for r in records)
     assert (tmp_path / "samples" / "step_000004.png").exists()
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    _generate_from(tmp_path, tmp_path.parent / "generated")
+
+
+def _generate_config(generator_workdir, num=6, batch=4):
+    spec = importlib.util.spec_from_file_location("generate_cfg", ROOT / "configs" / "generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.generate.update(generator_workdir=str(generator_workdir), num_samples=num, batch_size=batch)
+    c.generate.sampler.steps = 3
+    return c
+
+
+def _generate_from(trained, out):
+    """The generate task writes a readable folder, resumes after a partial run, and is deterministic."""
+    from polypjax import main
+    from polypjax.data.sources import FolderSource
+    summary = main.run(_generate_config(trained), str(out))  # 6 pairs in batches of 4: last one padded
+    src = FolderSource(out)
+    assert len(src) == 6 and summary["num_pairs"] == 6 and summary["generator"] == "two_stage"
+    first = {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
+    assert (out / "preview.png").exists()
+    # Simulate a kill after the first batch: the last two pairs and their manifest lines are gone.
+    for name in ("gen_000004", "gen_000005"):
+        (out / "images" / f"{name}.png").unlink()
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    (out / "manifest.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    main.run(_generate_config(trained), str(out))
+    assert {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())} == first
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
+
+
+def test_generate_config_errors(tmp_path):
+    from polypjax import main
+    with pytest.raises(configlib.ConfigError, match="not a train_diffusion workdir"):
+        main.run(_generate_config(tmp_path / "nowhere"), str(tmp_path / "out"))
+    c = _generate_config(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    c.generate.num_samples = 0
+    with pytest.raises(configlib.ConfigError, match="num_samples must be a positive integer"):
+        main.run(c, str(tmp_path / "out"))
 
 
 def test_diffusion_config_errors():

@@ -245,9 +245,12 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
 
     Images and masks are resized to the segmenter's `image_size`. With a mesh, batches are global
     arrays sharded over it (batch_size a multiple of the devices); without one, host arrays.
+    The `chance_` figures score the same predictions against the mask of the next pair in the
+    batch: what mask size and position priors alone give, the floor real consistency must beat.
     """
+    import jax.numpy as jnp
     from polypjax.metrics.segmentation import SegmentationMetrics
-    total = None
+    total = chance = None
     ds = pipeline.eval_dataset(source, image_size=image_size, global_batch_size=batch_size)
     for local in _progress(ds, total=pipeline.num_eval_batches(source, batch_size), desc=f"{name} segmenter",
                            unit="batch"):
@@ -257,10 +260,15 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
         logits = predict(batch["image"])
         m = SegmentationMetrics.from_model_output(logits=logits, masks=batch["mask"], valid=batch["valid"])
         total = m if total is None else total.merge(m)
+        valid = jnp.asarray(batch["valid"])
+        c = SegmentationMetrics.from_model_output(logits=logits, masks=jnp.roll(jnp.asarray(batch["mask"]), 1, 0),
+                                                  valid=valid & jnp.roll(valid, 1, 0))
+        chance = c if chance is None else chance.merge(c)
     out = {}
-    for k, v in total.compute().items():
-        v = np.asarray(v)
-        out[k] = int(v) if k == "num_images" else float(v)
+    for prefix, metrics in (("", total), ("chance_", chance)):
+        for k, v in metrics.compute().items():
+            v = np.asarray(v)
+            out[prefix + k] = int(v) if k == "num_images" else float(v)
     return out
 
 
@@ -402,21 +410,23 @@ def markdown_report(report: dict) -> str:
              f"(resized to 299 inside the model). MS-SSIM: {s['msssim_size']} px, up to {s['msssim_pairs']} "
              f"random distinct pairs per set (seed {s['seed']}); lower = more diverse, compare with the "
              "real value.", "",
-             "| set | images | FID | KID (mean ± std) | MS-SSIM diversity | label mDice | label mIoU |",
-             "|---|---|---|---|---|---|---|"]
+             "| set | images | FID | KID (mean ± std) | MS-SSIM diversity | label mDice | label mIoU "
+             "| label mDice, chance |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def row(name, r, fid_cell, kid_cell):
         lc = r.get("label_consistency") or {}
         return (f"| {name} | {r['num_images']} | {fid_cell} | {kid_cell} | "
                 f"{_num(r['msssim_diversity']['mean'], 4)} | {_num(lc.get('mDice'), 4)} | "
-                f"{_num(lc.get('mIoU'), 4)} |")
+                f"{_num(lc.get('mIoU'), 4)} | {_num(lc.get('chance_mDice'), 4)} |")
 
     lines.append(row(REAL_ROW, real, "–", "–"))
     for r in report["generated"]:
         fid_cell = _num(r["fid"], 2) if r["fid"] is not None else "n/a"
         kid_cell = f"{r['kid']['mean']:.4f} ± {r['kid']['std']:.4f}" if r["kid"] else "n/a"
         lines.append(row(r["name"], r, fid_cell, kid_cell))
-    lines.append("")
+    lines += ["", "Label consistency: a segmenter trained on real data, scored against each set's own masks; "
+              "chance: the same predictions against the mask of another pair of the set.", ""]
     for key, what in (("fid_unavailable_reason", "FID/KID unavailable"),
                       ("label_consistency_unavailable_reason", "Label consistency not measured")):
         if report.get(key):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from polypjax.data import export
 from polypjax.experiments import prepare_data, train_segmentation
 
 
@@ -24,6 +25,9 @@ def run(config, workdir: pathlib.Path) -> None:
     seg_dir = workdir / "segmentation"
     if not (seg_dir / "results.json").exists():
         seg_dir.mkdir(parents=True, exist_ok=True)
+        # Its own config.json makes the segmenter reusable (load_segmenter, label consistency).
+        seg_config = dict(config.to_dict(), task="train_segmentation")
+        export.atomic_write_text(seg_dir / "config.json", json.dumps(seg_config, indent=2, sort_keys=True) + "\n")
         train_segmentation.run(config, seg_dir)
     results = json.loads((seg_dir / "results.json").read_text())
     lines = ["# polypjax quickstart", "", "## Data", "", (workdir / "data_report.md").read_text(),

@@ -81,6 +81,28 @@ def checkpoint_manager(workdir: pathlib.Path, config) -> ocp.CheckpointManager:
                                  item_names=("state", "data"))
 
 
+def restore_run(workdir, task: str):
+    """(config, state dict) of the latest checkpoint of a finished or running `task` workdir, for
+    inference: arrays on the host, no optimizer or data state needed to read it."""
+    import json
+
+    import ml_collections
+    from polypjax.configlib import ConfigError
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise ConfigError(f"{workdir}: no config.json; not a {task} workdir")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    if config.get("task") != task:
+        raise ConfigError(f"{workdir}: a {config.get('task')!r} workdir, expected {task!r}")
+    ckpt_dir = (workdir / "checkpoints").absolute()
+    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data")) if ckpt_dir.exists() else None
+    if mngr is None or mngr.latest_step() is None:
+        raise ConfigError(f"{workdir}: no checkpoint found in {ckpt_dir}")
+    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    return config, restored
+
+
 def _save(mngr, step, state, data_iter):
     import grain
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

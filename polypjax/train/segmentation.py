@@ -224,18 +224,7 @@ def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
     Returns `predict(images uint8 [N,H,W,3]) -> logits float32 [N,H,W,1]` (images must already be
     at `predict.image_size`, the size it was trained at), with `predict.config` the run's config.
     """
-    import ml_collections
-    import orbax.checkpoint as ocp
-    workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise ConfigError(f"{workdir}: no config.json; not a train_segmentation workdir")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    ckpt_dir = (workdir / "checkpoints").absolute()
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data")) if ckpt_dir.exists() else None
-    if mngr is None or mngr.latest_step() is None:
-        raise ConfigError(f"{workdir}: no checkpoint found in {ckpt_dir}")
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    config, restored = loop.restore_run(workdir, "train_segmentation")
     if use_ema is None:
         use_ema = config.train.ema_decay > 0
     params = restored["ema_params" if use_ema else "params"]
