@@ -30,7 +30,10 @@ class TrainState:
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         if self.ema_decay > 0:
-            d = self.ema_decay
+            # Warm-up (TF's ExponentialMovingAverage num_updates rule): early on the average has a
+            # short memory, so a short run's EMA is not dominated by the random initialisation.
+            step = self.step.astype(jnp.float32)
+            d = jnp.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
             ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, self.ema_params, params)
         else:
             ema = params
