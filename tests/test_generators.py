@@ -61,6 +61,20 @@ def test_generator_loss_and_sample_shapes(kind):
     assert u8.dtype == np.uint8 and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
 
 
+@pytest.mark.parametrize("kind", ["joint", "two_stage"])
+def test_learned_sigma_loss_traces(kind):
+    """learn_sigma (the paper config) doubles the UNet outputs once: the hybrid loss accepts them."""
+    c = tiny_config(kind)
+    c.model.learn_sigma = True
+    gen = generators.make_generator(configlib.resolve(c))
+    params, state = jax.eval_shape(lambda: gen.init(jax.random.PRNGKey(0), _batch()))
+    loss, (metrics, _) = jax.eval_shape(gen.loss, params, state, _batch(), jax.random.PRNGKey(1))
+    assert loss.shape == ()
+    images, masks = jax.eval_shape(lambda p: gen.sample(p, jax.random.PRNGKey(2), 2,
+                                                        generators.SamplerSpec(steps=2)), params)
+    assert images.shape == (2, 16, 16, 3) and masks.shape == (2, 16, 16, 1)
+
+
 def test_joint_inpainting_keeps_the_background():
     c = configlib.resolve(tiny_config("joint"))
     gen = generators.make_generator(c)

@@ -42,7 +42,7 @@ def to_binary_mask(m: jax.Array) -> jax.Array:
 
 def make_unet(model_config, in_channels: int, out_channels: int, cond_channels: int = 0) -> ADMUNet:
     m = model_config
-    return ADMUNet(model_channels=m.channels, out_channels=out_channels * (2 if m.learn_sigma else 1),
+    return ADMUNet(model_channels=m.channels, out_channels=out_channels,  # ADMUNet doubles it for learn_sigma
                    num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
                    dropout=m.dropout, channel_mult=tuple(m.channel_mult), num_heads=m.num_heads,
                    num_head_channels=m.num_head_channels, use_scale_shift_norm=m.use_scale_shift_norm,
