@@ -20,7 +20,7 @@ import numpy as np
 from polypjax.configlib import ConfigError
 from polypjax.data import export, visualize
 from polypjax.diffusion import generators
-from polypjax.train import loop
+from polypjax.train import diffusion, loop
 
 
 def validate(config) -> None:
@@ -34,11 +34,7 @@ def validate(config) -> None:
     for name in ("num_samples", "batch_size"):
         if not isinstance(g[name], int) or g[name] <= 0:
             raise ConfigError(f"config.generate.{name} must be a positive integer, got {g[name]!r}")
-    if g.sampler.kind not in generators.SAMPLERS:
-        raise ConfigError(f"config.generate.sampler.kind={g.sampler.kind!r} is unknown; "
-                          f"choose one of {generators.SAMPLERS}")
-    if g.sampler.steps <= 0:
-        raise ConfigError(f"config.generate.sampler.steps must be positive, got {g.sampler.steps}")
+    diffusion.validate_sampler(g.sampler, "generate.sampler")
 
 
 def load_generator(workdir, *, use_ema: bool = True):

@@ -58,6 +58,14 @@ class DiffusionTask:
                 "sample/empty_mask_fraction": float((fractions == 0).mean())}
 
 
+def validate_sampler(s, field: str) -> None:
+    """Checks a sampler block (kind, steps) of a config; `field` is its dotted name for messages."""
+    if s.kind not in generators.SAMPLERS:
+        raise ConfigError(f"config.{field}.kind={s.kind!r} is unknown; choose one of {generators.SAMPLERS}")
+    if not 0 < s.steps:
+        raise ConfigError(f"config.{field}.steps must be positive, got {s.steps}")
+
+
 def validate(config) -> None:
     if config.generator.kind not in generators.KINDS:
         raise ConfigError(f"config.generator.kind={config.generator.kind!r} is unknown; choose one of {generators.KINDS}")
@@ -70,11 +78,7 @@ def validate(config) -> None:
         raise ConfigError(f"config.diffusion.num_timesteps must be > 1, got {d.num_timesteps}")
     if not 0 <= d.cond_dropout < 1:
         raise ConfigError(f"config.diffusion.cond_dropout must be in [0, 1), got {d.cond_dropout}")
-    s = config.eval.sampler
-    if s.kind not in generators.SAMPLERS:
-        raise ConfigError(f"config.eval.sampler.kind={s.kind!r} is unknown; choose one of {generators.SAMPLERS}")
-    if not 0 < s.steps:
-        raise ConfigError(f"config.eval.sampler.steps must be positive, got {s.steps}")
+    validate_sampler(config.eval.sampler, "eval.sampler")
     m = config.model
     factor = 2 ** (len(m.channel_mult) - 1)
     if config.data.image_size % factor:
