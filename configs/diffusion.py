@@ -23,6 +23,7 @@ def get_config(variant: str = "cpu"):
         "channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "attention_resolutions": (8,),
         "num_heads": 4, "num_head_channels": -1, "use_scale_shift_norm": True, "resblock_updown": False,
         "dropout": 0.0, "learn_sigma": False, "dtype": "float32",
+        "remat": False,  # recompute ResBlock activations in the backward pass (guided-diffusion use_checkpoint)
     })
     config.postprocess = ml_collections.ConfigDict({"opening_radius": 1, "min_component_size": 8})
     config.eval = ml_collections.ConfigDict({
@@ -49,7 +50,7 @@ def get_config(variant: str = "cpu"):
         config.model.update({
             "channels": 256, "channel_mult": (1, 1, 2, 2, 4, 4), "num_res_blocks": 2,
             "attention_resolutions": (16, 8), "num_head_channels": 64, "use_scale_shift_norm": True,
-            "resblock_updown": True, "learn_sigma": True, "dropout": 0.0,
+            "resblock_updown": True, "learn_sigma": True, "dropout": 0.0, "remat": True,
         })
         config.optim.learning_rate = 1e-4
         config.train.ema_decay = 0.9999

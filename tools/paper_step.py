@@ -21,6 +21,10 @@ def main():
     ap.add_argument("--kind", default="joint", choices=["joint", "two_stage"])
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--size", type=int, default=256, help="image size (256 is the paper's)")
+    ap.add_argument("--no-remat", action="store_true", help="keep every activation for the backward pass")
+    ap.add_argument("--analyze", action="store_true",
+                    help="only compile the step on abstract shapes and print XLA's memory analysis")
     args = ap.parse_args()
 
     import importlib.util
@@ -37,17 +41,32 @@ def main():
     config.generator.kind = args.kind
     config.data.batch_size = args.batch
     config.data.phantom_train_examples = 8
+    config.data.image_size = args.size
+    config.model.remat = not args.no_remat
     config = configlib.resolve(config)
 
     task = diffusion.DiffusionTask(config, tempfile.mkdtemp())
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     batch = parallel.global_batch(next(iter(task.train_iterator())), mesh)
+    step = jax.jit(loop.make_train_step(task.loss), donate_argnums=(0,))
+    print(f"{args.kind} at {args.size} px, batch {args.batch}, remat {config.model.remat}", flush=True)
+    if args.analyze:
+        abstract = jax.eval_shape(lambda: loop.create_state(task, config, mesh, batch, 1)[0])
+        t0 = time.time()
+        compiled = step.lower(abstract, batch).compile()
+        m = compiled.memory_analysis()
+        gib = lambda b: f"{b / 2**30:.2f} GiB"
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+        print(f"{n_params:,} params; compiled in {time.time() - t0:.1f}s")
+        print(f"arguments {gib(m.argument_size_in_bytes)}, outputs {gib(m.output_size_in_bytes)}, "
+              f"aliased (donated) {gib(m.alias_size_in_bytes)}, temporaries {gib(m.temp_size_in_bytes)}; "
+              f"peak ~ {gib(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)}")
+        return
     t0 = time.time()
     state, shardings = loop.create_state(task, config, mesh, batch, config.train.num_steps)
     jax.block_until_ready(state)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     print(f"{args.kind} paper-scale: {n_params:,} params; state created in {time.time() - t0:.1f}s", flush=True)
-    step = jax.jit(loop.make_train_step(task.loss), donate_argnums=(0,))
     for i in range(args.steps):
         t0 = time.time()
         state, metrics = step(state, batch)

@@ -47,7 +47,8 @@ def make_unet(model_config, in_channels: int, out_channels: int, cond_channels: 
                    dropout=m.dropout, channel_mult=tuple(m.channel_mult), num_heads=m.num_heads,
                    num_head_channels=m.num_head_channels, use_scale_shift_norm=m.use_scale_shift_norm,
                    resblock_updown=m.resblock_updown, learn_sigma=m.learn_sigma, in_channels=in_channels,
-                   cond_channels=cond_channels, dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+                   cond_channels=cond_channels, remat=m.get("remat", False),
+                   dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)

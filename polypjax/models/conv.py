@@ -40,6 +40,11 @@ def _fwd(x, w, strides, padding, dilation, precision):
     return _conv_tapgrad(x, w, strides, padding, dilation, precision), (x, w)
 
 
+def _after(a, dep):
+    """``a``, with a data dependence on ``dep`` that XLA keeps (x * 0 is not folded for floats)."""
+    return a + (dep.reshape(-1)[0] * 0).astype(a.dtype)
+
+
 def _bwd(strides, padding, dilation, precision, res, dy):
     x, w = res
     # The input gradient XLA emits is a plain forward-style convolution and already fast.
@@ -49,15 +54,20 @@ def _bwd(strides, padding, dilation, precision, res, dy):
     (dx,) = vjp_x(dy)
     kh, kw, cin, cout = w.shape
     (pt, pb), (pl, pr) = padding
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     n, ho, wo, _ = dy.shape
     sh, sw = strides
     dh, dw_ = dilation
     dy2 = dy.reshape(-1, cout)
+    # The shifted copies depend only on the forward input, so XLA's scheduler would make the copies
+    # of every layer early and keep them all alive (20 GiB at the paper's scale). Optimization
+    # barriers are gone by scheduling time on XLA:CPU, so each copy gets a real data dependence on
+    # dY or on the previous tap's product (adding 0 * one element, which XLA does not fold for
+    # floats): one copy alive at a time, made only once dY exists.
+    xp = jnp.pad(_after(x, dy2), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     taps = []
     for i in range(kh):
         for j in range(kw):
-            xs = lax.slice(xp, (0, i * dh, j * dw_, 0),
+            xs = lax.slice(_after(xp, taps[-1]) if taps else xp, (0, i * dh, j * dw_, 0),
                            (n, i * dh + sh * (ho - 1) + 1, j * dw_ + sw * (wo - 1) + 1, cin),
                            (1, sh, sw, 1))
             # The barrier keeps the slice out of the dot: fused, XLA:CPU would emit a naive loop
