@@ -131,3 +131,12 @@ def check_path(value: str, field: str, *, must_exist: bool = True) -> pathlib.Pa
     if must_exist and not path.exists():
         raise ConfigError(f"config.{field}: path {value!r} does not exist")
     return path
+
+
+def write_config(workdir, config, **overrides) -> None:
+    """Writes the run's config (a ConfigDict or dict, with `overrides` applied) to workdir/config.json,
+    atomically; `loop.restore_run` and the tasks that reuse a trained run read it back."""
+    import json
+    from polypjax.data import export
+    d = dict(config.to_dict() if hasattr(config, "to_dict") else config, **overrides)
+    export.atomic_write_text(pathlib.Path(workdir) / "config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")

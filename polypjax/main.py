@@ -7,7 +7,6 @@ and the resolved config is written to DIR/config.json.
 """
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import sys
@@ -23,7 +22,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoi
 def run(config, workdir: str) -> object:
     """Validates `config`, records it in `workdir` and runs its task (also the API for tests)."""
     from polypjax import configlib, parallel, tasks
-    from polypjax.data import export
     resolved = configlib.resolve(config)
     parallel.initialize_distributed(resolved.distributed.coordinator_address or None,
                                     resolved.distributed.num_processes, resolved.distributed.process_id)
@@ -31,8 +29,7 @@ def run(config, workdir: str) -> object:
     workdir_path.mkdir(parents=True, exist_ok=True)
     import jax
     if jax.process_index() == 0:
-        export.atomic_write_text(workdir_path / "config.json",
-                                 json.dumps(resolved.to_dict(), indent=2, sort_keys=True) + "\n")
+        configlib.write_config(workdir_path, resolved)
     return tasks.module(resolved.task).run(resolved, workdir_path)
 
 

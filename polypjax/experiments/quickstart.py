@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from polypjax import configlib
 from polypjax.data import export
 from polypjax.experiments import prepare_data, train_segmentation
 
@@ -26,8 +27,7 @@ def run(config, workdir: pathlib.Path) -> None:
     if not (seg_dir / "results.json").exists():
         seg_dir.mkdir(parents=True, exist_ok=True)
         # Its own config.json makes the segmenter reusable (load_segmenter, label consistency).
-        seg_config = dict(config.to_dict(), task="train_segmentation")
-        export.atomic_write_text(seg_dir / "config.json", json.dumps(seg_config, indent=2, sort_keys=True) + "\n")
+        configlib.write_config(seg_dir, config, task="train_segmentation")
         train_segmentation.run(config, seg_dir)
     results = json.loads((seg_dir / "results.json").read_text())
     lines = ["# polypjax quickstart", "", "## Data", "", (workdir / "data_report.md").read_text(),
@@ -36,6 +36,5 @@ def run(config, workdir: pathlib.Path) -> None:
     for name, r in results["test"].items():
         lines.append(f"| {name} | {r['mDice']:.3f} | {r['mIoU']:.3f} | {r['dice']:.3f} | {r['iou']:.3f} "
                      f"| {r['num_images']} |")
-    from polypjax.data import export
     export.atomic_write_text(workdir / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
