@@ -117,6 +117,12 @@ class ResBlock(nn.Module):
         return x + h
 
 
+# Recomputes the block's activations in the backward pass. Named like ResBlock so that parameter
+# trees (and checkpoints) are the same with and without remat.
+_RematResBlock = nn.remat(ResBlock, static_argnums=(3,))
+_RematResBlock.__name__ = "ResBlock"
+
+
 class AttentionBlock(nn.Module):
     num_heads: int = 1
     num_head_channels: int = -1
@@ -193,7 +199,7 @@ class ADMUNet(nn.Module):
         emb = nn.Dense(4 * mc, dtype=self.dtype, name="time_embed_0")(emb)
         emb = nn.Dense(4 * mc, dtype=self.dtype, name="time_embed_1")(nn.silu(emb))
 
-        block_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        block_cls = _RematResBlock if self.remat else ResBlock
 
         def res(ch, h, up=False, down=False):
             blk = block_cls(ch, self.dropout, self.use_scale_shift_norm, up, down, self.dtype)
