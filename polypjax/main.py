@@ -71,5 +71,7 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+    from polypjax import hostenv
+    hostenv.reexec_with_hugepage_malloc()
     flags.mark_flag_as_required("config")
     app.run(main, flags_parser=parse_flags)

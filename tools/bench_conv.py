@@ -15,6 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
+from polypjax import hostenv  # noqa: E402
+
+hostenv.reexec_with_hugepage_malloc()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -18,6 +18,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from polypjax import hostenv  # noqa: E402
+
+hostenv.reexec_with_hugepage_malloc()
 sys.path.insert(0, os.path.dirname(__file__))
 
 
@@ -91,7 +94,7 @@ def main():
                        max_iters=max(1, args.max_iters), budget_s=args.budget), b, flops)
     peak = None if args.no_peak else matmul_peak()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, dtype {args.dtype}, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     print_results(results, peak)
 
 

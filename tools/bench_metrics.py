@@ -23,6 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # fid_inception_recipe: numpy-only random weights
+from polypjax import hostenv  # noqa: E402
+
+hostenv.reexec_with_hugepage_malloc()
 
 CASES = ("fid_features_299", "fid_features_256", "msssim_256")
 

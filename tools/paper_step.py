@@ -14,6 +14,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from polypjax import hostenv  # noqa: E402
+
+hostenv.reexec_with_hugepage_malloc()
 
 
 def main():
