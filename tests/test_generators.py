@@ -129,6 +129,26 @@ def _generate_from(trained, out):
     assert {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())} == first
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
 
+    # Colour matching to reference frames: same masks, each image's colours from its reference.
+    from polypjax.data import catalog
+    from polypjax.diffusion import postprocess
+    from polypjax.experiments.generate import reference_index
+    c = _generate_config(trained)
+    c.generate.color_reference = "phantom-a"
+    matched_dir = out.parent / (out.name + "_matched")
+    main.run(c, str(matched_dir))
+    matched = FolderSource(matched_dir)
+    ref = catalog.make_source("phantom-a", configlib.resolve(c).data, default_split="train")
+    records = [json.loads(line) for line in (matched_dir / "manifest.jsonl").read_text().splitlines()]
+    for r in records:
+        i = r["index"]
+        assert r["color_reference"] == reference_index(0, i, len(ref))
+        np.testing.assert_array_equal(matched[i]["mask"], src[i]["mask"])
+        # The same sample as the unmatched run, matched to its recorded reference frame.
+        want = postprocess.match_colors(src[i]["image"], ref[r["color_reference"]]["image"])
+        np.testing.assert_array_equal(matched[i]["image"], want)
+        assert not np.array_equal(matched[i]["image"], src[i]["image"])
+
 
 def test_generate_config_errors(tmp_path):
     from polypjax import main

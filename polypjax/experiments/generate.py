@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from polypjax import configlib
 from polypjax.configlib import ConfigError
-from polypjax.data import export, visualize
-from polypjax.diffusion import generators
+from polypjax.data import catalog, export, visualize
+from polypjax.diffusion import generators, postprocess
 from polypjax.train import diffusion, loop
 
 
@@ -35,6 +36,13 @@ def validate(config) -> None:
         if not isinstance(g[name], int) or g[name] <= 0:
             raise ConfigError(f"config.generate.{name} must be a positive integer, got {g[name]!r}")
     diffusion.validate_sampler(g.sampler, "generate.sampler")
+    if g.color_reference:
+        configlib.check_source_spec(g.color_reference, "generate.color_reference")
+
+
+def reference_index(seed: int, index: int, n: int) -> int:
+    """The colour reference frame of pair `index`: fixed by (seed, index), like the pair itself."""
+    return int(np.random.default_rng([seed, index]).integers(n))
 
 
 def load_generator(workdir, *, use_ema: bool = True):
@@ -55,6 +63,8 @@ def run(config, workdir: pathlib.Path) -> dict:
                                                      use_ema=g.use_ema)
     spec = generators.SamplerSpec.from_config(g.sampler)
     writer = export.PairWriter(workdir)
+    reference = (catalog.make_source(g.color_reference, config.data, default_split="train", seed=config.seed)
+                 if g.color_reference else None)
     batch = g.batch_size
     sample = jax.jit(lambda p, idx: generator.sample(p, jax.random.PRNGKey(g.seed), batch, spec, indices=idx))
     starts = [s for s in range(0, g.num_samples, batch)
@@ -67,13 +77,18 @@ def run(config, workdir: pathlib.Path) -> dict:
         images, masks = generators.postprocess_pairs(images, masks, train_config.postprocess)
         for i, image, mask in zip(idx, images, masks):
             if i < g.num_samples and pair_id(int(i)) not in writer.done:
+                extra = {}
+                if reference is not None:
+                    k = reference_index(g.seed, int(i), len(reference))
+                    image = postprocess.match_colors(image, reference[k]["image"])
+                    extra = {"color_reference": k}
                 writer.write(pair_id(int(i)), image, mask, index=int(i), seed=int(g.seed),
-                             generator=train_config.generator.kind, sampler=spec.kind, steps=spec.steps)
+                             generator=train_config.generator.kind, sampler=spec.kind, steps=spec.steps, **extra)
     records = [writer.done[pair_id(i)] for i in range(g.num_samples)]
     fractions = np.array([r["mask_fraction"] for r in records])
     summary = {"num_pairs": len(records), "generator": train_config.generator.kind,
                "generator_workdir": str(g.generator_workdir), "sampler": spec.kind, "steps": spec.steps,
-               "guidance": spec.guidance, "seed": int(g.seed),
+               "guidance": spec.guidance, "seed": int(g.seed), "color_reference": g.color_reference,
                "mask_fraction_mean": float(fractions.mean()),
                "empty_mask_fraction": float((fractions == 0).mean())}
     export.atomic_write_text(workdir / "generation.json", json.dumps(summary, indent=2) + "\n")
