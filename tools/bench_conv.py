@@ -67,7 +67,7 @@ def main():
         for name, fn in ops.items():
             times = bench_common.timed_loop(lambda: fn(x, w, dy).block_until_ready(), warmup=1,
                                             min_iters=2, max_iters=50, budget_s=args.budget)
-            gflops = flop * len(times) / sum(times) / 1e9
+            gflops = bench_common.summarise(times, args.batch, flop)["gflops_per_s"]
             results[f"{spec}/{name}"] = gflops
             row.append(f"{name} {gflops:6.1f}")
         print(f"{spec:>8}: " + ", ".join(row), flush=True)
