@@ -1,11 +1,21 @@
-"""The tap-gradient convolution agrees with lax.conv_general_dilated in value and both gradients."""
+"""The oneDNN and tap-gradient convolutions agree with lax.conv_general_dilated in value and both
+gradients, and the path is chosen as documented."""
+import platform
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
+from polypjax.models import conv as conv_mod
 from polypjax.models.conv import conv_general_dilated
+from polypjax.native import onednn
+
+# The oneDNN wheels exist for Linux x86_64, where the package depends on them: there the native
+# path must build (a test failing here means the fast path silently fell back).
+ONEDNN_EXPECTED = platform.system() == "Linux" and platform.machine() == "x86_64"
+IMPLS = ["taps"] + (["onednn"] if ONEDNN_EXPECTED or onednn.available() else [])
 
 CASES = [  # kernel, stride, dilation, padding, cin, cout, size
     (3, 1, 1, ((1, 1), (1, 1)), 8, 16, 17),
@@ -18,8 +28,9 @@ CASES = [  # kernel, stride, dilation, padding, cin, cout, size
 ]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("k,s,d,pad,cin,cout,size", CASES)
-def test_matches_lax(k, s, d, pad, cin, cout, size):
+def test_matches_lax(k, s, d, pad, cin, cout, size, impl):
     rng = np.random.default_rng(k * 100 + s * 10 + d)
     x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float32)
@@ -30,10 +41,52 @@ def test_matches_lax(k, s, d, pad, cin, cout, size):
                                                  dimension_numbers=dn)))
 
     ref_val, ref_grads = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
-    val, grads = jax.jit(jax.value_and_grad(loss(conv_general_dilated), (0, 1)))(x, w)
+    val, grads = jax.jit(jax.value_and_grad(loss(conv_mod.make_conv(impl)), (0, 1)))(x, w)
     np.testing.assert_allclose(val, ref_val, rtol=1e-5)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
+
+
+def test_onednn_builds_where_its_wheel_exists():
+    if not ONEDNN_EXPECTED:
+        pytest.skip("no oneDNN wheel for this platform; the taps path is used")
+    onednn.load()  # raises with the compiler's message if the build fails
+    assert onednn.available()
+    assert conv_mod.resolve_impl("auto") == "onednn"
+
+
+def test_onednn_call_is_an_ffi_custom_call():
+    if "onednn" not in IMPLS:
+        pytest.skip("oneDNN not available here")
+    x = jnp.ones((2, 8, 8, 4)); w = jnp.ones((3, 3, 4, 4))
+    f = lambda x, w: conv_mod.make_conv("onednn")(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    hlo = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))).lower(x, w).as_text()
+    for target in onednn.TARGETS.values():
+        assert target in hlo
+
+
+def test_onednn_under_vmap_and_bfloat16_falls_back():
+    if "onednn" not in IMPLS:
+        pytest.skip("oneDNN not available here")
+    conv = conv_mod.make_conv("onednn")
+    dn = ("NHWC", "HWIO", "NHWC")
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.standard_normal((3, 2, 6, 6, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+    got = jax.jit(jax.vmap(lambda x: conv(x, w, (1, 1), "SAME", dimension_numbers=dn)))(xs)
+    want = jax.vmap(lambda x: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                       dimension_numbers=dn))(xs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    xb, wb = xs[0].astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    hlo = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn)).lower(xb, wb).as_text()
+    assert "polypjax_onednn" not in hlo
+
+
+def test_bad_impl_is_named(monkeypatch):
+    monkeypatch.setenv("POLYPJAX_CONV", "cudnn")
+    with pytest.raises(ValueError, match="POLYPJAX_CONV='cudnn'"):
+        conv_mod.resolve_impl()
 
 
 def test_grouped_falls_back_to_lax():
@@ -64,6 +117,7 @@ def test_tap_gradient_memory_stays_near_xla():
     ws = [jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)] * 6
     x = jax.ShapeDtypeStruct((2, 32, 32, 32), jnp.float32)
     temp = {name: jax.jit(jax.grad(net(conv))).lower(ws, x).compile().memory_analysis().temp_size_in_bytes
-            for name, conv in (("taps", conv_general_dilated), ("xla", lax.conv_general_dilated))}
+            for name, conv in (("taps", conv_mod.make_conv("taps")),
+                               ("xla", lax.conv_general_dilated))}
     one_copy = 2 * 34 * 34 * 32 * 4
     assert temp["taps"] <= temp["xla"] + 2 * one_copy, temp

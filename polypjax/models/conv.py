@@ -1,15 +1,22 @@
-"""Convolution with a faster kernel gradient on XLA:CPU.
+"""Convolutions for the CPU backend: oneDNN kernels, or XLA's with a faster kernel gradient.
 
-XLA:CPU lowers the kernel (filter) gradient of a convolution to a convolution whose "kernel" is the
-whole output gradient, which runs at 3-20 GFLOP/s on the CPUs we measured, 5-20x slower than the
-forward pass (measured per layer at batch 8; the session note on issue 3 has the table). Written instead as one matmul per kernel tap,
-``dW[i, j] = X_shifted(i, j)^T @ dY``, it goes through the CPU's GEMM and is 4-6x faster; the
-forward pass and the input gradient stay XLA's own. On GPU/TPU XLA's own gradient is already fast,
-so ``conv_general_dilated`` only takes this path on the CPU backend. ``POLYPJAX_CONV_GRAD=xla`` turns
-it off (benchmarks use it for the baseline).
+XLA:CPU runs the kernel (filter) gradient of a convolution at 3-20 GFLOP/s on the AVX2 CPUs we
+measured, 5-20x slower than its forward pass; its forward and input gradient run at 60-145. The
+oneDNN kernels that PyTorch uses on the CPU run all three at 60-190 GFLOP/s on the same machine
+(``tools/bench_conv.py``). ``conv_general_dilated`` therefore picks, per call, by ``POLYPJAX_CONV``:
 
-Pass it to Flax as ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``; parameters and
-results are those of ``lax.conv_general_dilated`` (the gradient agrees to float32 rounding).
+- ``onednn``: forward, input gradient and kernel gradient as XLA FFI calls into oneDNN
+  (``polypjax.native.onednn``; built on first use);
+- ``taps``: XLA's forward and input gradient, and the kernel gradient as one GEMM per kernel tap,
+  ``dW[i, j] = X_shifted(i, j)^T @ dY`` (4-6x faster than XLA's; no native code);
+- ``xla``: ``lax.conv_general_dilated`` unchanged (the baseline benchmarks compare against);
+- ``auto`` (default): ``onednn`` where it builds, else ``taps``.
+
+Only float32 NHWC/HWIO 2-D convolutions without groups or input dilation on the CPU backend take
+the first two paths; everything else, and every other backend (XLA's GPU/TPU convolutions are
+already fast), is ``lax.conv_general_dilated``. Pass it to Flax as
+``nn.Conv(..., conv_general_dilated=conv_general_dilated)``; parameters and results are those of
+``lax.conv_general_dilated`` (tests check values and both gradients to float32 rounding).
 """
 from __future__ import annotations
 
@@ -18,7 +25,10 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from polypjax.native import onednn
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -82,28 +92,88 @@ def _bwd(strides, padding, dilation, precision, res, dy):
 _conv_tapgrad.defvjp(_fwd, _bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-    """Drop-in for ``lax.conv_general_dilated``; NHWC/HWIO 2-D convolutions on CPU use tap gradients."""
-    nd = lhs.ndim - 2
-    lhs_dilation = tuple(lhs_dilation or (1,) * nd)
-    rhs_dilation = tuple(rhs_dilation or (1,) * nd)
-    dn = dimension_numbers
-    simple = (
-        nd == 2 and jax.default_backend() == "cpu" and feature_group_count == 1
-        and os.environ.get("POLYPJAX_CONV_GRAD", "taps") != "xla"
-        and batch_group_count == 1 and lhs_dilation == (1, 1) and preferred_element_type is None
-        and dn is not None
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    )
-    if not simple:
+def _onednn_call(op, shape, a, b, strides, padding, dilation):
+    return jax.ffi.ffi_call(onednn.TARGETS[op], jax.ShapeDtypeStruct(shape, jnp.float32),
+                            vmap_method="sequential")(
+        a, b, strides=np.asarray(strides, np.int64),
+        padding=np.asarray([p for pair in padding for p in pair], np.int64),
+        dilation=np.asarray(dilation, np.int64))
+
+
+def _out_shape(x_shape, w_shape, strides, padding, dilation):
+    n, h, w, _ = x_shape
+    kh, kw, _, cout = w_shape
+    spatial = [(size + lo + hi - (k - 1) * d - 1) // s + 1 for size, (lo, hi), k, s, d
+               in zip((h, w), padding, (kh, kw), strides, dilation)]
+    return (n, *spatial, cout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_onednn(x, w, strides, padding, dilation):
+    return _onednn_call("forward", _out_shape(x.shape, w.shape, strides, padding, dilation),
+                        x, w, strides, padding, dilation)
+
+
+def _onednn_fwd(x, w, strides, padding, dilation):
+    return _conv_onednn(x, w, strides, padding, dilation), (x, w)
+
+
+def _onednn_bwd(strides, padding, dilation, res, dy):
+    x, w = res
+    dx = _onednn_call("input_grad", x.shape, dy, w, strides, padding, dilation)
+    dw = _onednn_call("kernel_grad", w.shape, x, dy, strides, padding, dilation)
+    return dx, dw
+
+
+_conv_onednn.defvjp(_onednn_fwd, _onednn_bwd)
+
+IMPLS = ("auto", "onednn", "taps", "xla")
+
+
+def resolve_impl(impl: str | None = None) -> str:
+    """The path ``impl`` (default: ``$POLYPJAX_CONV``, else auto) stands for on this machine."""
+    impl = impl or os.environ.get("POLYPJAX_CONV", "auto")
+    if impl not in IMPLS:
+        raise ValueError(f"POLYPJAX_CONV={impl!r}: expected one of {', '.join(IMPLS)}")
+    if impl == "auto":
+        return "onednn" if jax.default_backend() == "cpu" and onednn.available() else "taps"
+    if impl == "onednn":
+        onednn.load()  # raises NativeUnavailable with the reason
+    return impl
+
+
+def make_conv(impl: str | None = None):
+    """A drop-in for ``lax.conv_general_dilated`` taking path ``impl`` (see the module docstring);
+    ``None`` reads ``$POLYPJAX_CONV`` each time a model is traced."""
+
+    def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                             rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                             batch_group_count=1, precision=None, preferred_element_type=None):
+        nd = lhs.ndim - 2
+        lhs_dilation = tuple(lhs_dilation or (1,) * nd)
+        rhs_dilation = tuple(rhs_dilation or (1,) * nd)
+        dn = dimension_numbers
+        path = resolve_impl(impl) if jax.default_backend() == "cpu" else "xla"
+        simple = (
+            nd == 2 and path != "xla" and feature_group_count == 1 and batch_group_count == 1
+            and lhs_dilation == (1, 1) and preferred_element_type is None and dn is not None
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        )
+        if simple:
+            strides = tuple(window_strides)
+            pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides, rhs_dilation)
+            if (path == "onednn" and lhs.dtype == rhs.dtype == jnp.float32
+                    and min(p for pair in pads for p in pair) >= 0):
+                return _conv_onednn(lhs, rhs, strides, pads, rhs_dilation)
+            return _conv_tapgrad(lhs, rhs, strides, pads, rhs_dilation, precision)
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, batch_group_count=batch_group_count,
             precision=precision, preferred_element_type=preferred_element_type)
-    strides = tuple(window_strides)
-    pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides, rhs_dilation)
-    return _conv_tapgrad(lhs, rhs, strides, pads, rhs_dilation, precision)
+
+    return conv_general_dilated
+
+
+conv_general_dilated = make_conv()

@@ -1,0 +1,113 @@
+"""Builds ``onednn_conv.cc`` against the oneDNN wheel and registers its handlers as XLA FFI targets.
+
+The library is compiled once per (source, oneDNN, jaxlib, compiler) with the system C++ compiler
+into a user cache folder (``$POLYPJAX_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/polypjax/native``),
+written under a temporary name and renamed, so concurrent first uses and killed builds never leave
+a half-written library behind. Anything missing (no wheel on this platform, no compiler, a failed
+build) raises ``NativeUnavailable`` with the reason; ``available()`` turns that into one warning
+and ``False`` so callers fall back to XLA's kernels.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+
+TARGETS = {
+    "forward": "polypjax_onednn_conv_forward",
+    "input_grad": "polypjax_onednn_conv_input_grad",
+    "kernel_grad": "polypjax_onednn_conv_kernel_grad",
+}
+_SYMBOLS = {
+    "forward": "PolypjaxConvForward",
+    "input_grad": "PolypjaxConvInputGrad",
+    "kernel_grad": "PolypjaxConvKernelGrad",
+}
+_SOURCE = Path(__file__).with_name("onednn_conv.cc")
+_LIB_DIST, _LIB_FILE = "onednn-cpu-gomp", "lib/libdnnl.so.3"
+_INC_DIST, _INC_FILE = "onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp"
+
+
+class NativeUnavailable(RuntimeError):
+    """The oneDNN kernels cannot be built or loaded here; the message says why."""
+
+
+def _dist_file(dist: str, suffix: str) -> Path:
+    try:
+        d = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise NativeUnavailable(f"the {dist} package is not installed") from None
+    for f in d.files or ():
+        path = Path(d.locate_file(f)).resolve()  # RECORD lists data files relative to site-packages
+        if path.as_posix().endswith("/" + suffix):
+            return path
+    raise NativeUnavailable(f"the {dist} package has no {suffix}")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("POLYPJAX_NATIVE_CACHE"):
+        return Path(os.environ["POLYPJAX_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "polypjax" / "native"
+
+
+def build() -> Path:
+    """Path of the compiled library, compiling it first if this version is not cached yet."""
+    lib = _dist_file(_LIB_DIST, _LIB_FILE)
+    include = _dist_file(_INC_DIST, _INC_FILE).parents[2]
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise NativeUnavailable(f"no C++ compiler ({cxx}) on PATH to build {_SOURCE.name}")
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+             f"-I{include}", str(_SOURCE), f"-L{lib.parent}", f"-l:{lib.name}",
+             f"-Wl,-rpath,{lib.parent}"]
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\n".join([_SOURCE.read_text(), *flags, version, jax.__version__,
+                                    str(lib.stat().st_size)]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"polypjax_onednn_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *flags, "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise NativeUnavailable(f"building {_SOURCE.name} failed:\n{proc.stderr[-3000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.cache
+def load() -> ctypes.CDLL:
+    """Builds if needed, loads the library and registers its FFI targets for the CPU (once)."""
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except OSError as e:
+        raise NativeUnavailable(f"loading the oneDNN kernels failed: {e}") from None
+    for op, target in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, _SYMBOLS[op])),
+                                    platform="cpu")
+    return lib
+
+
+@functools.cache
+def available() -> bool:
+    try:
+        load()
+    except NativeUnavailable as e:
+        logging.warning("oneDNN convolutions unavailable, using XLA's: %s", e)
+        return False
+    return True
