@@ -1,5 +1,6 @@
 """Per-layer convolution benchmark: XLA:CPU's forward, input gradient and kernel gradient against the
-per-tap matmul kernel gradient of ``polypjax.models.conv``, with a matmul peak from the same run.
+per-tap matmul kernel gradient and the oneDNN calls of ``polypjax.models.conv``, with a matmul peak
+from the same run.
 
     python tools/bench_conv.py [--batch 8] [--budget 5] [--layers 256x64,128x128,64x256,32x512]
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from polypjax.models import conv  # noqa: E402
+from polypjax.native import onednn  # noqa: E402
 import bench_common  # noqa: E402
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -37,12 +39,23 @@ def _taps(x, w):
     return conv._conv_tapgrad(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1), None)
 
 
+def _onednn(x, w):
+    return conv._conv_onednn(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1))
+
+
 def operations():
     return {
         "forward": jax.jit(lambda x, w, dy: _xla(x, w)),
         "input_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda x_: _xla(x_, w), x)[1](dy)[0]),
         "kernel_grad_xla": jax.jit(lambda x, w, dy: jax.vjp(lambda w_: _xla(x, w_), w)[1](dy)[0]),
         "kernel_grad_taps": jax.jit(lambda x, w, dy: jax.vjp(lambda w_: _taps(x, w_), w)[1](dy)[0]),
+        **({
+            "forward_onednn": jax.jit(lambda x, w, dy: _onednn(x, w)),
+            "input_grad_onednn": jax.jit(
+                lambda x, w, dy: jax.vjp(lambda x_: _onednn(x_, w), x)[1](dy)[0]),
+            "kernel_grad_onednn": jax.jit(
+                lambda x, w, dy: jax.vjp(lambda w_: _onednn(x, w_), w)[1](dy)[0]),
+        } if onednn.available() else {}),
     }
 
 
