@@ -93,6 +93,7 @@ _conv_tapgrad.defvjp(_fwd, _bwd)
 
 
 def _onednn_call(op, shape, a, b, strides, padding, dilation):
+    onednn.load()  # registers the targets (once) before anything is lowered
     return jax.ffi.ffi_call(onednn.TARGETS[op], jax.ShapeDtypeStruct(shape, jnp.float32),
                             vmap_method="sequential")(
         a, b, strides=np.asarray(strides, np.int64),

@@ -77,6 +77,27 @@ struct Plan {
   std::unique_ptr<memory> weight_buffer;
 };
 
+// An NHWC activation handed to a primitive that chose another (blocked) layout: reordered into a
+// buffer kept with the plan. Null members when the primitive takes NHWC as it is.
+struct ActivationInput {
+  std::unique_ptr<dnnl::reorder> reorder;
+  std::unique_ptr<memory> buffer;
+
+  ActivationInput(const memory::desc& user, const memory::desc& chosen) {
+    if (user != chosen) {
+      reorder = std::make_unique<dnnl::reorder>(
+          dnnl::reorder::primitive_desc(Engine(), user, Engine(), chosen));
+      buffer = std::make_unique<memory>(chosen, Engine());
+    }
+  }
+
+  memory operator()(const memory& user) const {
+    if (!reorder) return user;
+    reorder->execute(Stream(), const_cast<memory&>(user), *buffer);
+    return *buffer;
+  }
+};
+
 template <typename Build>
 Plan& CachedPlan(const std::string& key, Build build) {
   thread_local std::unordered_map<std::string, std::unique_ptr<Plan>> cache;
@@ -163,26 +184,43 @@ ffi::Error ConvInputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   });
 }
 
-// dw from x and dy; w's shape comes from the result buffer.
+// dw from x and dy; w's shape comes from the result buffer. oneDNN's NHWC kernel-gradient kernel
+// for AVX2 runs at about half its forward speed, its blocked one near it: the primitive picks the
+// activations' layout and gets reordered copies (two passes over memory, a few % of the step).
+struct KernelGradPlan {
+  dnnl::convolution_backward_weights prim;
+  ActivationInput src, diff_dst;
+  Plan weights;
+};
+
 ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> strides,
                           ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
   return Guard([&] {
     Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding,
                               dilation);
-    Plan& p = CachedPlan(g.Key("bwd_weights"), [&] {
+    thread_local std::unordered_map<std::string, std::unique_ptr<KernelGradPlan>> cache;
+    auto& slot = cache[g.Key("bwd_weights")];
+    if (!slot) {
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.Weights(tag::any), g.Dst(),
-          g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
-      return MakePlan(dnnl::convolution_backward_weights(pd), g.Weights(),
-                      pd.diff_weights_desc(), true);
-    });
-    memory out = Wrap(p.user_weights, dw->untyped_data());
-    memory target = p.weight_reorder ? *p.weight_buffer : out;
-    p.prim.execute(Stream(), {{DNNL_ARG_SRC, Wrap(g.Src(), x.untyped_data())},
-                              {DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy.untyped_data())},
+          Engine(), dnnl::algorithm::convolution_direct, g.Src(tag::any), g.Weights(tag::any),
+          g.Dst(tag::any), g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
+      Plan weights = MakePlan(dnnl::primitive(), g.Weights(), pd.diff_weights_desc(), true);
+      if (weights.weight_reorder) {
+        weights.weight_buffer = std::make_unique<memory>(weights.prim_weights, Engine());
+      }
+      slot.reset(new KernelGradPlan{dnnl::convolution_backward_weights(pd),
+                                    ActivationInput(g.Src(), pd.src_desc()),
+                                    ActivationInput(g.Dst(), pd.diff_dst_desc()),
+                                    std::move(weights)});
+    }
+    KernelGradPlan& p = *slot;
+    memory out = Wrap(p.weights.user_weights, dw->untyped_data());
+    memory target = p.weights.weight_reorder ? *p.weights.weight_buffer : out;
+    p.prim.execute(Stream(), {{DNNL_ARG_SRC, p.src(Wrap(g.Src(), x.untyped_data()))},
+                              {DNNL_ARG_DIFF_DST, p.diff_dst(Wrap(g.Dst(), dy.untyped_data()))},
                               {DNNL_ARG_DIFF_WEIGHTS, target}});
-    if (p.weight_reorder) p.weight_reorder->execute(Stream(), target, out);
+    if (p.weights.weight_reorder) p.weights.weight_reorder->execute(Stream(), target, out);
     Stream().wait();
   });
 }
