@@ -7,6 +7,7 @@ import math
 import os
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,3 +162,22 @@ def test_remat_same_params_loss_and_grads():
     np.testing.assert_allclose(la, lb, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 8, 8, 64), 32), ((3, 5, 7, 12), 4), ((2, 16, 24), 8)])
+def test_group_norm_matches_flax(shape, groups):
+    """The per-channel-statistics GroupNorm has flax's parameters and flax's values and gradients."""
+    from polypjax.models.adm_unet import GroupNorm
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, jnp.float32)
+    ours, ref = GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups, epsilon=1e-5)
+    params = ref.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-4, atol=1e-4)
+    w = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    g_ours = jax.grad(lambda p, x: jnp.sum(jnp.sin(ours.apply(p, x)) * w), (0, 1))(params, x)
+    g_ref = jax.grad(lambda p, x: jnp.sum(jnp.sin(ref.apply(p, x)) * w), (0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))

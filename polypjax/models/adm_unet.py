@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from polypjax.models.conv import conv_general_dilated
 
@@ -58,15 +59,40 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
     return 1
 
 
+class GroupNorm(nn.Module):
+    """``nn.GroupNorm`` (same parameters, same maths) with its statistics taken per channel first.
+
+    Flax reduces over (H, W, C/G) of an [N, H, W, G, C/G] view; XLA:CPU runs that strided
+    reduction at under 1 GB/s (6% of an ADM training step). Means of x and x^2 over the spatial
+    axes are contiguous in C; the group averages of those [N, C] sums are then tiny.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        x = x.astype(jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        spatial = tuple(range(1, x.ndim - 1))
+        grouped = (x.shape[0], self.num_groups, c // self.num_groups)
+        mean = jnp.mean(jnp.mean(x, spatial).reshape(grouped), -1)
+        mean_sq = jnp.mean(jnp.mean(jnp.square(x), spatial).reshape(grouped), -1)
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)  # flax's use_fast_variance
+        inv = jnp.repeat(lax.rsqrt(var + self.epsilon), c // self.num_groups, -1) * scale
+        shift = bias - jnp.repeat(mean, c // self.num_groups, -1) * inv
+        bshape = (x.shape[0],) + (1,) * len(spatial) + (c,)
+        return x * inv.reshape(bshape) + shift.reshape(bshape)
+
+
 class Norm(nn.Module):
     """GroupNorm computed in float32 (guided-diffusion ``GroupNorm32``), cast back to the input dtype."""
 
     @nn.compact
     def __call__(self, x):
-        y = nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=1e-5, dtype=jnp.float32)(
-            x.astype(jnp.float32)
-        )
-        return y.astype(x.dtype)
+        return GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=1e-5)(x).astype(x.dtype)
 
 
 def _conv(features, dtype, kernel=3, stride=1, zero=False, name=None):
