@@ -181,3 +181,31 @@ def test_group_norm_matches_flax(shape, groups):
     g_ref = jax.grad(lambda p, x: jnp.sum(jnp.sin(ref.apply(p, x)) * w), (0, 1))(params, x)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
+
+
+def test_attention_block_matches_qkv_attention_legacy():
+    """AttentionBlock against a numpy transcription of guided-diffusion's QKVAttentionLegacy
+    (heads split first, then q/k/v; both scaled by ch**-1/4), with its norm and projections."""
+    from polypjax.models.adm_unet import AttentionBlock
+
+    b, hgt, wid, c, head_ch = 2, 4, 4, 16, 4
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((b, hgt, wid, c)), jnp.float32)
+    block = AttentionBlock(num_head_channels=head_ch)
+    params = block.init(jax.random.PRNGKey(0), x)
+    params = jax.tree.map(lambda p: p + 0.3 * jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    got = np.asarray(block.apply(params, x))
+
+    p = jax.tree.map(np.asarray, params["params"])
+    xn = np.asarray(nn.GroupNorm(num_groups=num_groups(c), epsilon=1e-5).apply(
+        {"params": p["Norm_0"]["GroupNorm_0"]}, x))
+    qkv = xn.reshape(b, hgt * wid, c) @ p["qkv"]["kernel"] + p["qkv"]["bias"]   # [b, t, 3c]
+    heads = c // head_ch
+    qkv = qkv.transpose(0, 2, 1).reshape(b * heads, 3 * head_ch, hgt * wid)   # torch layout [B, 3C, T]
+    q, k, v = np.split(qkv, 3, axis=1)
+    scale = 1 / math.sqrt(math.sqrt(head_ch))
+    w = np.einsum("bct,bcs->bts", q * scale, k * scale)
+    w = np.exp(w - w.max(-1, keepdims=True)); w /= w.sum(-1, keepdims=True)
+    a = np.einsum("bts,bcs->bct", w, v).reshape(b, c, hgt * wid).transpose(0, 2, 1)
+    want = x + (a @ p["proj_out"]["kernel"] + p["proj_out"]["bias"]).reshape(b, hgt, wid, c)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
