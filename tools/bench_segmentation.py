@@ -79,7 +79,9 @@ def main():
             timed_loop(lambda: f(params, stats, x).block_until_ready(), warmup=2, min_iters=3,
                        max_iters=args.max_iters, budget_s=args.budget), args.batch, flops)
     peak = None if args.no_peak else matmul_peak()
+    from polypjax.models.conv import resolve_impl
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, dtype {args.dtype}, "
+          f"convolutions {resolve_impl() if jax.default_backend() == 'cpu' else 'xla'}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     print_results(results, peak)
 
