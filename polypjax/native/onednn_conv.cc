@@ -69,32 +69,50 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
   return g;
 }
 
+// A reordered copy's buffer. Up to kKeepBytes it is kept between calls (no page faults on reuse);
+// larger ones are allocated per call: kept, the copies of every layer shape on every thread would
+// pin GiBs at the paper's 256 px scale.
+constexpr size_t kKeepBytes = size_t{16} << 20;
+
+struct Scratch {
+  memory::desc desc;
+  std::unique_ptr<memory> kept;
+
+  memory Get() {
+    if (kept) return *kept;
+    memory buffer(desc, Engine());
+    if (desc.get_size() <= kKeepBytes) kept = std::make_unique<memory>(buffer);
+    return buffer;
+  }
+};
+
 // A primitive plus the reorder between XLA's HWIO weights and the layout the primitive chose.
 struct Plan {
   dnnl::primitive prim;
   memory::desc user_weights, prim_weights;
   std::unique_ptr<dnnl::reorder> weight_reorder;  // null when the layouts agree
-  std::unique_ptr<memory> weight_buffer;
+  Scratch weight_copy;
 };
 
 // An NHWC activation handed to a primitive that chose another (blocked) layout: reordered into a
-// buffer kept with the plan. Null members when the primitive takes NHWC as it is.
+// Scratch buffer.
 struct ActivationInput {
-  std::unique_ptr<dnnl::reorder> reorder;
-  std::unique_ptr<memory> buffer;
+  Scratch copy;
+  std::unique_ptr<dnnl::reorder> reorder;  // null when the primitive takes NHWC as it is
 
-  ActivationInput(const memory::desc& user, const memory::desc& chosen) {
+  ActivationInput(const memory::desc& user, const memory::desc& chosen)
+      : copy{chosen, nullptr} {
     if (user != chosen) {
       reorder = std::make_unique<dnnl::reorder>(
           dnnl::reorder::primitive_desc(Engine(), user, Engine(), chosen));
-      buffer = std::make_unique<memory>(chosen, Engine());
     }
   }
 
-  memory operator()(const memory& user) const {
+  memory operator()(memory user) {
     if (!reorder) return user;
-    reorder->execute(Stream(), const_cast<memory&>(user), *buffer);
-    return *buffer;
+    memory buffer = copy.Get();
+    reorder->execute(Stream(), user, buffer);
+    return buffer;
   }
 };
 
@@ -104,15 +122,12 @@ Plan& CachedPlan(const std::string& key, Build build) {
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
   auto plan = std::make_unique<Plan>(build());
-  if (plan->user_weights != plan->prim_weights) {
-    plan->weight_buffer = std::make_unique<memory>(plan->prim_weights, Engine());
-  }
   return *cache.emplace(key, std::move(plan)).first->second;
 }
 
 Plan MakePlan(dnnl::primitive prim, const memory::desc& user, const memory::desc& chosen,
               bool to_user) {
-  Plan p{std::move(prim), user, chosen, nullptr, nullptr};
+  Plan p{std::move(prim), user, chosen, nullptr, Scratch{chosen, nullptr}};
   if (user != chosen) {
     p.weight_reorder = std::make_unique<dnnl::reorder>(
         to_user ? dnnl::reorder::primitive_desc(Engine(), chosen, Engine(), user)
@@ -149,8 +164,9 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     });
     memory weights = Wrap(p.user_weights, w.untyped_data());
     if (p.weight_reorder) {
-      p.weight_reorder->execute(Stream(), weights, *p.weight_buffer);
-      weights = *p.weight_buffer;
+      memory reordered = p.weight_copy.Get();
+      p.weight_reorder->execute(Stream(), weights, reordered);
+      weights = reordered;
     }
     p.prim.execute(Stream(), {{DNNL_ARG_SRC, Wrap(g.Src(), x.untyped_data())},
                               {DNNL_ARG_WEIGHTS, weights},
@@ -174,8 +190,9 @@ ffi::Error ConvInputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     });
     memory weights = Wrap(p.user_weights, w.untyped_data());
     if (p.weight_reorder) {
-      p.weight_reorder->execute(Stream(), weights, *p.weight_buffer);
-      weights = *p.weight_buffer;
+      memory reordered = p.weight_copy.Get();
+      p.weight_reorder->execute(Stream(), weights, reordered);
+      weights = reordered;
     }
     p.prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy.untyped_data())},
                               {DNNL_ARG_WEIGHTS, weights},
@@ -186,7 +203,8 @@ ffi::Error ConvInputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 
 // dw from x and dy; w's shape comes from the result buffer. oneDNN's NHWC kernel-gradient kernel
 // for AVX2 runs at about half its forward speed, its blocked one near it: the primitive picks the
-// activations' layout and gets reordered copies (two passes over memory, a few % of the step).
+// activations' layout and gets reordered copies (two passes over memory, a few % of the step;
+// two activation-sized buffers per call, outside XLA's memory planning).
 struct KernelGradPlan {
   dnnl::convolution_backward_weights prim;
   ActivationInput src, diff_dst;
@@ -206,9 +224,6 @@ ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
           Engine(), dnnl::algorithm::convolution_direct, g.Src(tag::any), g.Weights(tag::any),
           g.Dst(tag::any), g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
       Plan weights = MakePlan(dnnl::primitive(), g.Weights(), pd.diff_weights_desc(), true);
-      if (weights.weight_reorder) {
-        weights.weight_buffer = std::make_unique<memory>(weights.prim_weights, Engine());
-      }
       slot.reset(new KernelGradPlan{dnnl::convolution_backward_weights(pd),
                                     ActivationInput(g.Src(), pd.src_desc()),
                                     ActivationInput(g.Dst(), pd.diff_dst_desc()),
@@ -216,9 +231,11 @@ ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     }
     KernelGradPlan& p = *slot;
     memory out = Wrap(p.weights.user_weights, dw->untyped_data());
-    memory target = p.weights.weight_reorder ? *p.weights.weight_buffer : out;
-    p.prim.execute(Stream(), {{DNNL_ARG_SRC, p.src(Wrap(g.Src(), x.untyped_data()))},
-                              {DNNL_ARG_DIFF_DST, p.diff_dst(Wrap(g.Dst(), dy.untyped_data()))},
+    memory target = p.weights.weight_reorder ? p.weights.weight_copy.Get() : out;
+    memory src = p.src(Wrap(g.Src(), x.untyped_data()));  // alive until the stream is done
+    memory diff_dst = p.diff_dst(Wrap(g.Dst(), dy.untyped_data()));
+    p.prim.execute(Stream(), {{DNNL_ARG_SRC, src},
+                              {DNNL_ARG_DIFF_DST, diff_dst},
                               {DNNL_ARG_DIFF_WEIGHTS, target}});
     if (p.weights.weight_reorder) p.weights.weight_reorder->execute(Stream(), target, out);
     Stream().wait();
