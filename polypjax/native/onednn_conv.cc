@@ -86,54 +86,53 @@ struct Scratch {
   }
 };
 
-// A primitive plus the reorder between XLA's HWIO weights and the layout the primitive chose.
-struct Plan {
-  dnnl::primitive prim;
-  memory::desc user_weights, prim_weights;
-  std::unique_ptr<dnnl::reorder> weight_reorder;  // null when the layouts agree
-  Scratch weight_copy;
-};
+// Data moving between XLA's layout and the one a primitive chose: through a reorder into (inputs)
+// or out of (outputs) a Scratch copy; nothing where the two agree.
+struct Relayout {
+  memory::desc user;
+  Scratch copy;                            // in the chosen layout
+  std::unique_ptr<dnnl::reorder> reorder;  // null when the layouts agree
 
-// An NHWC activation handed to a primitive that chose another (blocked) layout: reordered into a
-// Scratch buffer.
-struct ActivationInput {
-  Scratch copy;
-  std::unique_ptr<dnnl::reorder> reorder;  // null when the primitive takes NHWC as it is
-
-  ActivationInput(const memory::desc& user, const memory::desc& chosen)
-      : copy{chosen, nullptr} {
+  Relayout(const memory::desc& user_desc, const memory::desc& chosen, bool output)
+      : user(user_desc), copy{chosen, nullptr} {
     if (user != chosen) {
       reorder = std::make_unique<dnnl::reorder>(
-          dnnl::reorder::primitive_desc(Engine(), user, Engine(), chosen));
+          output ? dnnl::reorder::primitive_desc(Engine(), chosen, Engine(), user)
+                 : dnnl::reorder::primitive_desc(Engine(), user, Engine(), chosen));
     }
   }
 
-  memory operator()(memory user) {
-    if (!reorder) return user;
-    memory buffer = copy.Get();
-    reorder->execute(Stream(), user, buffer);
-    return buffer;
+  // An input's data in the chosen layout.
+  memory In(const void* ptr) {
+    memory data(user, Engine(), const_cast<void*>(ptr));
+    if (!reorder) return data;
+    memory chosen = copy.Get();
+    reorder->execute(Stream(), data, chosen);
+    return chosen;
+  }
+
+  // Where the primitive writes an output that Out() then moves to ptr.
+  memory Target(void* ptr) { return reorder ? copy.Get() : memory(user, Engine(), ptr); }
+  void Out(memory target, void* ptr) {
+    if (!reorder) return;
+    memory data(user, Engine(), ptr);
+    reorder->execute(Stream(), target, data);
   }
 };
 
-template <typename Build>
-Plan& CachedPlan(const std::string& key, Build build) {
-  thread_local std::unordered_map<std::string, std::unique_ptr<Plan>> cache;
-  auto it = cache.find(key);
-  if (it != cache.end()) return *it->second;
-  auto plan = std::make_unique<Plan>(build());
-  return *cache.emplace(key, std::move(plan)).first->second;
-}
+// A primitive that reads XLA's HWIO weights.
+struct Plan {
+  dnnl::primitive prim;
+  Relayout weights;
+};
 
-Plan MakePlan(dnnl::primitive prim, const memory::desc& user, const memory::desc& chosen,
-              bool to_user) {
-  Plan p{std::move(prim), user, chosen, nullptr, Scratch{chosen, nullptr}};
-  if (user != chosen) {
-    p.weight_reorder = std::make_unique<dnnl::reorder>(
-        to_user ? dnnl::reorder::primitive_desc(Engine(), chosen, Engine(), user)
-                : dnnl::reorder::primitive_desc(Engine(), user, Engine(), chosen));
-  }
-  return p;
+// Primitives and their relayouts, built once per shape and kept per calling thread.
+template <typename T, typename Build>
+T& Cached(const std::string& key, Build build) {
+  thread_local std::unordered_map<std::string, std::unique_ptr<T>> cache;
+  auto& slot = cache[key];
+  if (!slot) slot.reset(new T(build()));
+  return *slot;
 }
 
 template <typename F>
@@ -158,16 +157,11 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   return Guard([&] {
     Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, padding,
                               dilation);
-    Plan& p = CachedPlan(g.Key("fwd"), [&] {
+    Plan& p = Cached<Plan>(g.Key("fwd"), [&] {
       auto pd = g.Forward();
-      return MakePlan(dnnl::convolution_forward(pd), g.Weights(), pd.weights_desc(), false);
+      return Plan{dnnl::convolution_forward(pd), Relayout(g.Weights(), pd.weights_desc(), false)};
     });
-    memory weights = Wrap(p.user_weights, w.untyped_data());
-    if (p.weight_reorder) {
-      memory reordered = p.weight_copy.Get();
-      p.weight_reorder->execute(Stream(), weights, reordered);
-      weights = reordered;
-    }
+    memory weights = p.weights.In(w.untyped_data());  // alive until the stream is done
     p.prim.execute(Stream(), {{DNNL_ARG_SRC, Wrap(g.Src(), x.untyped_data())},
                               {DNNL_ARG_WEIGHTS, weights},
                               {DNNL_ARG_DST, Wrap(g.Dst(), y->untyped_data())}});
@@ -182,18 +176,14 @@ ffi::Error ConvInputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   return Guard([&] {
     Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, padding,
                               dilation);
-    Plan& p = CachedPlan(g.Key("bwd_data"), [&] {
+    Plan& p = Cached<Plan>(g.Key("bwd_data"), [&] {
       auto pd = dnnl::convolution_backward_data::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.Weights(tag::any), g.Dst(),
           g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
-      return MakePlan(dnnl::convolution_backward_data(pd), g.Weights(), pd.weights_desc(), false);
+      return Plan{dnnl::convolution_backward_data(pd),
+                  Relayout(g.Weights(), pd.weights_desc(), false)};
     });
-    memory weights = Wrap(p.user_weights, w.untyped_data());
-    if (p.weight_reorder) {
-      memory reordered = p.weight_copy.Get();
-      p.weight_reorder->execute(Stream(), weights, reordered);
-      weights = reordered;
-    }
+    memory weights = p.weights.In(w.untyped_data());
     p.prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy.untyped_data())},
                               {DNNL_ARG_WEIGHTS, weights},
                               {DNNL_ARG_DIFF_SRC, Wrap(g.Src(), dx->untyped_data())}});
@@ -204,11 +194,10 @@ ffi::Error ConvInputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 // dw from x and dy; w's shape comes from the result buffer. oneDNN's NHWC kernel-gradient kernel
 // for AVX2 runs at about half its forward speed, its blocked one near it: the primitive picks the
 // activations' layout and gets reordered copies (two passes over memory, a few % of the step;
-// two activation-sized buffers per call, outside XLA's memory planning).
+// buffers outside XLA's memory planning).
 struct KernelGradPlan {
   dnnl::convolution_backward_weights prim;
-  ActivationInput src, diff_dst;
-  Plan weights;
+  Relayout src, diff_dst, diff_weights;
 };
 
 ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -217,27 +206,22 @@ ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   return Guard([&] {
     Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding,
                               dilation);
-    thread_local std::unordered_map<std::string, std::unique_ptr<KernelGradPlan>> cache;
-    auto& slot = cache[g.Key("bwd_weights")];
-    if (!slot) {
+    KernelGradPlan& p = Cached<KernelGradPlan>(g.Key("bwd_weights"), [&] {
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(tag::any), g.Weights(tag::any),
           g.Dst(tag::any), g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
-      Plan weights = MakePlan(dnnl::primitive(), g.Weights(), pd.diff_weights_desc(), true);
-      slot.reset(new KernelGradPlan{dnnl::convolution_backward_weights(pd),
-                                    ActivationInput(g.Src(), pd.src_desc()),
-                                    ActivationInput(g.Dst(), pd.diff_dst_desc()),
-                                    std::move(weights)});
-    }
-    KernelGradPlan& p = *slot;
-    memory out = Wrap(p.weights.user_weights, dw->untyped_data());
-    memory target = p.weights.weight_reorder ? p.weights.weight_copy.Get() : out;
-    memory src = p.src(Wrap(g.Src(), x.untyped_data()));  // alive until the stream is done
-    memory diff_dst = p.diff_dst(Wrap(g.Dst(), dy.untyped_data()));
+      return KernelGradPlan{dnnl::convolution_backward_weights(pd),
+                            Relayout(g.Src(), pd.src_desc(), false),
+                            Relayout(g.Dst(), pd.diff_dst_desc(), false),
+                            Relayout(g.Weights(), pd.diff_weights_desc(), true)};
+    });
+    memory src = p.src.In(x.untyped_data());  // alive until the stream is done
+    memory diff_dst = p.diff_dst.In(dy.untyped_data());
+    memory target = p.diff_weights.Target(dw->untyped_data());
     p.prim.execute(Stream(), {{DNNL_ARG_SRC, src},
                               {DNNL_ARG_DIFF_DST, diff_dst},
                               {DNNL_ARG_DIFF_WEIGHTS, target}});
-    if (p.weights.weight_reorder) p.weights.weight_reorder->execute(Stream(), target, out);
+    p.diff_weights.Out(target, dw->untyped_data());
     Stream().wait();
   });
 }
