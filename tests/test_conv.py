@@ -66,7 +66,7 @@ def test_onednn_call_is_an_ffi_custom_call():
         assert target in hlo
 
 
-def test_onednn_under_vmap_and_bfloat16_falls_back():
+def test_onednn_under_vmap():
     if "onednn" not in IMPLS:
         pytest.skip("oneDNN not available here")
     conv = conv_mod.make_conv("onednn")
@@ -78,9 +78,34 @@ def test_onednn_under_vmap_and_bfloat16_falls_back():
     want = jax.vmap(lambda x: lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                        dimension_numbers=dn))(xs)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    xb, wb = xs[0].astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-    hlo = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn)).lower(xb, wb).as_text()
-    assert "polypjax_onednn" not in hlo
+
+
+@pytest.mark.parametrize("k,s,d,pad,cin,cout,size", CASES)
+def test_bfloat16_matches_float32_to_bf16_rounding(k, s, d, pad, cin, cout, size):
+    """bfloat16 convolutions take oneDNN where the CPU has bf16 instructions, XLA's elsewhere; on
+    either path value and both gradients match a float32 convolution of the same bf16 numbers to
+    bfloat16 rounding (float32 accumulation)."""
+    if "onednn" not in IMPLS:
+        pytest.skip("oneDNN not available here")
+    rng = np.random.default_rng(k * 100 + s * 10 + d)
+    x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.bfloat16)
+    dn = ("NHWC", "HWIO", "NHWC")
+    conv = conv_mod.make_conv("onednn")
+    f = lambda x, w: conv(x, w, (s, s), pad, rhs_dilation=(d, d), dimension_numbers=dn)
+    ref = lambda x, w: lax.conv_general_dilated(x, w, (s, s), pad, rhs_dilation=(d, d),
+                                                dimension_numbers=dn)
+    hlo = jax.jit(f).lower(x, w).as_text()
+    assert ("polypjax_onednn" in hlo) == onednn.has_bf16()
+
+    y, vjp = jax.vjp(f, x, w)
+    f32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+    y_ref, vjp_ref = jax.vjp(ref, f32(x), f32(w))
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.bfloat16)
+    assert y.dtype == jnp.bfloat16
+    for got, want in [(y, y_ref), *zip(jax.jit(vjp)(dy), vjp_ref(f32(dy)))]:
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(f32(got), want, rtol=2 ** -7, atol=2 ** -7 * float(jnp.abs(want).max()))
 
 
 def test_bad_impl_is_named(monkeypatch):

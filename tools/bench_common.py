@@ -33,7 +33,9 @@ def timed_loop(step, *, warmup: int, min_iters: int, max_iters: int, budget_s: f
 
 def summarise(times: list[float], items_per_iter: int, flops_per_iter: float | None = None) -> dict:
     out = {"timed_iters": len(times), "ms_per_iter_median": 1e3 * statistics.median(times),
-           "ms_per_iter_mean": 1e3 * statistics.fmean(times), "items_per_s": items_per_iter * len(times) / sum(times)}
+           "ms_per_iter_mean": 1e3 * statistics.fmean(times), "ms_per_iter_min": 1e3 * min(times),
+           "ms_per_iter_all": [round(1e3 * t, 1) for t in times],
+           "items_per_s": items_per_iter * len(times) / sum(times)}
     if flops_per_iter:
         out["gflop_per_iter"] = flops_per_iter / 1e9
         out["gflops_per_s"] = flops_per_iter * len(times) / sum(times) / 1e9
@@ -79,12 +81,14 @@ def matmul_peak(budget_s: float = 10.0, n: int = 2048, dtype=jnp.float32) -> dic
 def print_results(results: dict, peak: dict | None) -> None:
     """Human-readable lines, then one JSON object {case: items/s} as the last line."""
     for name, r in results.items():
-        line = f"{name}: {r['items_per_s']:.3f} items/s, median {r['ms_per_iter_median']:.1f} ms/iter"
+        line = (f"{name}: {r['items_per_s']:.3f} items/s, median {r['ms_per_iter_median']:.1f} ms/iter"
+                f" (min {r['ms_per_iter_min']:.1f}, {r['timed_iters']} iters)")
         if "gflops_per_s" in r:
             line += f", {r['gflops_per_s']:.1f} GFLOP/s"
             if peak:
                 line += f" ({100 * r['gflops_per_s'] / peak['gflops_per_s']:.0f}% of matmul peak)"
         print(line, flush=True)
+        print(f"  ms per iteration: {' '.join(f'{t:.0f}' for t in r['ms_per_iter_all'])}", flush=True)
     if peak:
         print(f"matmul_peak: {peak['gflops_per_s']:.1f} GFLOP/s (best {peak['gflops_per_s_best']:.1f})", flush=True)
     last = {name: r["items_per_s"] for name, r in results.items()}

@@ -105,6 +105,12 @@ def load() -> ctypes.CDLL:
 
 
 @functools.cache
+def has_bf16() -> bool:
+    """Whether bfloat16 convolutions run natively (AVX512-BF16 or AMX); ``load()`` must succeed."""
+    return bool(load().PolypjaxOnednnHasBf16())
+
+
+@functools.cache
 def available() -> bool:
     try:
         load()

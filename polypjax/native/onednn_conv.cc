@@ -1,11 +1,12 @@
-// XLA FFI handlers running 2-D NHWC/HWIO float32 convolutions through oneDNN: forward, input
-// gradient and kernel gradient. XLA:CPU's own kernel gradient runs at 3-20 GFLOP/s on AVX2 CPUs;
+// XLA FFI handlers running 2-D NHWC/HWIO convolutions through oneDNN: forward, input gradient and
+// kernel gradient, in float32, or in bfloat16 (float32 accumulation) where the CPU has AVX512-BF16. XLA:CPU's own kernel gradient runs at 3-20 GFLOP/s on AVX2 CPUs;
 // oneDNN's JIT kernels are the ones PyTorch uses on the CPU.
 //
 // Primitives are created once per shape and kept per calling thread: XLA may run two convolutions
 // at once on different threads, and a thread-local cache needs no lock.
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -34,14 +35,15 @@ dnnl::stream& Stream() {
 struct Geometry {
   memory::dim n, h, w, c, kh, kw, o, oh, ow;
   memory::dims strides, dilates, pad_l, pad_r;
+  dt type;  // of every operand
 
-  memory::desc Src(tag t = tag::nhwc) const { return {{n, c, h, w}, dt::f32, t}; }
-  memory::desc Dst(tag t = tag::nhwc) const { return {{n, o, oh, ow}, dt::f32, t}; }
-  memory::desc Weights(tag t = tag::hwio) const { return {{o, c, kh, kw}, dt::f32, t}; }
+  memory::desc Src(tag t = tag::nhwc) const { return {{n, c, h, w}, type, t}; }
+  memory::desc Dst(tag t = tag::nhwc) const { return {{n, o, oh, ow}, type, t}; }
+  memory::desc Weights(tag t = tag::hwio) const { return {{o, c, kh, kw}, type, t}; }
 
   std::string Key(const char* op) const {
     std::ostringstream s;
-    s << op;
+    s << op << ',' << static_cast<int>(type);
     for (auto v : {n, h, w, c, kh, kw, o, oh, ow}) s << ',' << v;
     for (const auto* d : {&strides, &dilates, &pad_l, &pad_r})
       for (auto v : *d) s << ',' << v;
@@ -54,11 +56,18 @@ struct Geometry {
   }
 };
 
-// x: [N, H, W, C]; w: [KH, KW, C, O]; y: [N, OH, OW, O].
-Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                      ffi::Span<const int64_t> y, ffi::Span<const int64_t> strides,
-                      ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+// x: [N, H, W, C]; w: [KH, KW, C, O]; y: [N, OH, OW, O]; all three of one element type.
+Geometry MakeGeometry(const ffi::AnyBuffer& xb, const ffi::AnyBuffer& wb, const ffi::AnyBuffer& yb,
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                      ffi::Span<const int64_t> dilation) {
+  const ffi::DataType type = xb.element_type();
+  if (wb.element_type() != type || yb.element_type() != type ||
+      (type != ffi::DataType::F32 && type != ffi::DataType::BF16)) {
+    throw std::invalid_argument("operands must all be float32 or all bfloat16");
+  }
+  auto x = xb.dimensions(), w = wb.dimensions(), y = yb.dimensions();
   Geometry g;
+  g.type = type == ffi::DataType::F32 ? dt::f32 : dt::bf16;
   g.n = x[0]; g.h = x[1]; g.w = x[2]; g.c = x[3];
   g.kh = w[0]; g.kw = w[1]; g.o = w[3];
   g.oh = y[1]; g.ow = y[2];
@@ -151,12 +160,11 @@ memory Wrap(const memory::desc& md, const void* ptr) {
   return memory(md, Engine(), const_cast<void*>(ptr));
 }
 
-ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
-                       ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                       ffi::Span<const int64_t> dilation) {
   return Guard([&] {
-    Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, padding,
-                              dilation);
+    Geometry g = MakeGeometry(x, w, *y, strides, padding, dilation);
     Plan& p = Cached<Plan>(g.Key("fwd"), [&] {
       auto pd = g.Forward();
       return Plan{dnnl::convolution_forward(pd), Relayout(g.Weights(), pd.weights_desc(), false)};
@@ -169,13 +177,22 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   });
 }
 
+bool HasIsa(dnnl::cpu_isa isa) {
+  const auto want = static_cast<unsigned>(isa);
+  return (static_cast<unsigned>(dnnl::get_effective_cpu_isa()) & want) == want;
+}
+
+bool HasAvx512() {
+  static const bool has = HasIsa(dnnl::cpu_isa::avx512_core);
+  return has;
+}
+
 // dx from dy and w; x's shape comes from the result buffer.
-ffi::Error ConvInputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                         ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
-                         ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+ffi::Error ConvInputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                         ffi::Span<const int64_t> dilation) {
   return Guard([&] {
-    Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, padding,
-                              dilation);
+    Geometry g = MakeGeometry(*dx, w, dy, strides, padding, dilation);
     Plan& p = Cached<Plan>(g.Key("bwd_data"), [&] {
       auto pd = dnnl::convolution_backward_data::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.Weights(tag::any), g.Dst(),
@@ -191,25 +208,26 @@ ffi::Error ConvInputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   });
 }
 
-// dw from x and dy; w's shape comes from the result buffer. oneDNN's NHWC kernel-gradient kernel
-// for AVX2 runs at about half its forward speed, its blocked one near it: the primitive picks the
-// activations' layout and gets reordered copies (two passes over memory, a few % of the step;
-// buffers outside XLA's memory planning).
+// dw from x and dy; w's shape comes from the result buffer. On AVX2, oneDNN 3.2's NHWC
+// kernel-gradient kernel runs 1.3-1.45x slower than its blocked one, so there the primitive picks
+// the activations' layout and gets reordered copies (two passes over memory, a few % of the step;
+// buffers outside XLA's memory planning). With AVX-512 the NHWC kernel is 1.1-1.2x faster than
+// blocked plus reorders, and reads XLA's buffers as they are.
 struct KernelGradPlan {
   dnnl::convolution_backward_weights prim;
   Relayout src, diff_dst, diff_weights;
 };
 
-ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> strides,
-                          ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+ffi::Error ConvKernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                          ffi::Span<const int64_t> dilation) {
   return Guard([&] {
-    Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding,
-                              dilation);
+    Geometry g = MakeGeometry(x, *dw, dy, strides, padding, dilation);
     KernelGradPlan& p = Cached<KernelGradPlan>(g.Key("bwd_weights"), [&] {
+      const tag activations = HasAvx512() ? tag::nhwc : tag::any;
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, g.Src(tag::any), g.Weights(tag::any),
-          g.Dst(tag::any), g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
+          Engine(), dnnl::algorithm::convolution_direct, g.Src(activations), g.Weights(tag::any),
+          g.Dst(activations), g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
       return KernelGradPlan{dnnl::convolution_backward_weights(pd),
                             Relayout(g.Src(), pd.src_desc(), false),
                             Relayout(g.Dst(), pd.diff_dst_desc(), false),
@@ -230,9 +248,9 @@ ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 
 #define POLYPJAX_CONV_BINDING                                                    \
   ffi::Ffi::Bind()                                                               \
-      .Arg<ffi::Buffer<ffi::F32>>()                                              \
-      .Arg<ffi::Buffer<ffi::F32>>()                                              \
-      .Ret<ffi::Buffer<ffi::F32>>()                                              \
+      .Arg<ffi::AnyBuffer>()                                                     \
+      .Arg<ffi::AnyBuffer>()                                                     \
+      .Ret<ffi::AnyBuffer>()                                                     \
       .Attr<ffi::Span<const int64_t>>("strides")                                 \
       .Attr<ffi::Span<const int64_t>>("padding")                                 \
       .Attr<ffi::Span<const int64_t>>("dilation")
@@ -240,3 +258,7 @@ ffi::Error ConvKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PolypjaxConvForward, ConvForward, POLYPJAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PolypjaxConvInputGrad, ConvInputGrad, POLYPJAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PolypjaxConvKernelGrad, ConvKernelGrad, POLYPJAX_CONV_BINDING);
+
+// Whether bfloat16 convolutions run on native instructions here (AVX512-BF16 or AMX); elsewhere
+// oneDNN would emulate them slower than float32, or have no kernel at all.
+extern "C" int PolypjaxOnednnHasBf16() { return HasIsa(dnnl::cpu_isa::avx512_core_bf16) ? 1 : 0; }
