@@ -7,12 +7,13 @@ XLA:CPU allocates its buffers with the C library's malloc. Two glibc tunables ma
 - Keeping freed memory in the process: by default every step's large buffers (XLA's 1.2 GB
   temporary block for the ADM training step, one mmap per execution from a worker thread's arena)
   go back to the kernel and are faulted in and zeroed again on the next step. On our VMs that cost
-  0.15 s of system time per step, and on about 4 steps in 10 a further 1.5 s (2.2 s of system time:
-  the host reclaims the freed huge pages). ``arena_max=1`` puts every thread in the main arena,
-  ``mmap_max=0`` serves even the large blocks from its heap, ``trim_threshold`` keeps the heap
-  from shrinking: after the first steps no page faults at all, and the ADM step went from
-  2.4-2.5 s mean (1.95 s without the stalls) to 2.0 s (session note on issue 5). The cost: the
-  process keeps its peak heap until it exits.
+  0.15 s of system time per step, and on about 4 steps in 10 a further 1.5 s (2.2 s of system
+  time, most likely the hypervisor taking back the freed huge pages). ``arena_max=1`` puts every
+  thread in the main arena, ``mmap_max=0`` serves even the large blocks from its heap,
+  ``trim_threshold`` keeps the heap from shrinking: after the first steps no page faults at all.
+  The ADM benchmark step (batch 8, 64 px) went from a mean of 2.42 and 2.53 s over 12 steps
+  (about 2.0 s on the steps without a stall) to 2.13 and 2.01 s (session note on issue 5). The
+  cost: the process keeps its peak heap until it exits.
 
 glibc reads tunables only at process start, so the entry points re-execute themselves once with
 them set. ``POLYPJAX_HUGEPAGES=0`` (or any GLIBC_TUNABLES of your own) leaves the process alone.
