@@ -67,15 +67,24 @@ def compiled_flops(jitted, *args) -> float | None:
     return float(flops) if flops else None
 
 
+def compute_peak(dtype: str, budget_s: float = 10.0) -> dict:
+    """The matmul peak a benchmark's GFLOP/s are compared with: on the CPU the fp32 2048^3 matmul of
+    peers.py (the PyTorch peers run fp32); on an accelerator an 8192^3 matmul in the benchmark's
+    compute dtype, so that the percentage is the model FLOP utilisation of that dtype."""
+    if jax.default_backend() == "cpu":
+        return matmul_peak(budget_s)
+    return matmul_peak(budget_s, n=8192, dtype=jnp.dtype(dtype))
+
+
 def matmul_peak(budget_s: float = 10.0, n: int = 2048, dtype=jnp.float32) -> dict:
-    """fp32 2048^3 matmul GFLOP/s, as peers.py's matmul_peak case."""
+    """n^3 matmul GFLOP/s (fp32 2048^3 by default, as peers.py's matmul_peak case)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     mm = jax.jit(jnp.matmul)
     times = timed_loop(lambda: mm(a, b).block_until_ready(), warmup=3, min_iters=5, max_iters=50, budget_s=budget_s)
     flop = 2.0 * n ** 3
     return {"gflops_per_s": flop * len(times) / sum(times) / 1e9, "gflops_per_s_best": flop / min(times) / 1e9,
-            "timed_iters": len(times)}
+            "timed_iters": len(times), "n": n, "dtype": jnp.dtype(dtype).name}
 
 
 def print_results(results: dict, peak: dict | None) -> None:
@@ -90,7 +99,8 @@ def print_results(results: dict, peak: dict | None) -> None:
         print(line, flush=True)
         print(f"  ms per iteration: {' '.join(f'{t:.0f}' for t in r['ms_per_iter_all'])}", flush=True)
     if peak:
-        print(f"matmul_peak: {peak['gflops_per_s']:.1f} GFLOP/s (best {peak['gflops_per_s_best']:.1f})", flush=True)
+        print(f"matmul_peak ({peak['n']}^3 {peak['dtype']}): {peak['gflops_per_s']:.1f} GFLOP/s "
+              f"(best {peak['gflops_per_s_best']:.1f})", flush=True)
     last = {name: r["items_per_s"] for name, r in results.items()}
     if peak:
         last["matmul_peak"] = peak["gflops_per_s"]  # GFLOP/s, as peers.py reports that case

@@ -39,7 +39,7 @@ def main():
     import jax
     import jax.numpy as jnp
     import optax
-    from bench_common import compiled_flops, matmul_peak, print_results, summarise, timed_loop
+    from bench_common import compiled_flops, compute_peak, print_results, summarise, timed_loop
     from polypjax.diffusion import objectives, samplers, schedule
     from polypjax.models.adm_unet import ADMUNet, param_count
 
@@ -92,7 +92,7 @@ def main():
         results["diffusion_sample_64"] = summarise(
             timed_loop(lambda: f(params, k[3]).block_until_ready(), warmup=1, min_iters=1,
                        max_iters=max(1, args.max_iters), budget_s=args.budget), b, flops)
-    peak = None if args.no_peak else matmul_peak()
+    peak = None if args.no_peak else compute_peak(args.dtype)
     from polypjax.models.conv import resolve_impl
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, dtype {args.dtype}, "
           f"convolutions {resolve_impl() if jax.default_backend() == 'cpu' else 'xla'}, "

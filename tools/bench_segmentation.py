@@ -34,7 +34,7 @@ def main():
     import jax
     import jax.numpy as jnp
     import optax
-    from bench_common import compiled_flops, matmul_peak, print_results, summarise, timed_loop
+    from bench_common import compiled_flops, compute_peak, print_results, summarise, timed_loop
     from polypjax.models import segmenters
     from polypjax.train.segmentation import bce_dice_loss
 
@@ -78,7 +78,7 @@ def main():
         results["seg_infer_256"] = summarise(
             timed_loop(lambda: f(params, stats, x).block_until_ready(), warmup=2, min_iters=3,
                        max_iters=args.max_iters, budget_s=args.budget), args.batch, flops)
-    peak = None if args.no_peak else matmul_peak()
+    peak = None if args.no_peak else compute_peak(args.dtype)
     from polypjax.models.conv import resolve_impl
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, dtype {args.dtype}, "
           f"convolutions {resolve_impl() if jax.default_backend() == 'cpu' else 'xla'}, "
