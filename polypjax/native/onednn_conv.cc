@@ -1,6 +1,7 @@
 // XLA FFI handlers running 2-D NHWC/HWIO convolutions through oneDNN: forward, input gradient and
-// kernel gradient, in float32, or in bfloat16 (float32 accumulation) where the CPU has AVX512-BF16. XLA:CPU's own kernel gradient runs at 3-20 GFLOP/s on AVX2 CPUs;
-// oneDNN's JIT kernels are the ones PyTorch uses on the CPU.
+// kernel gradient, in float32, or in bfloat16 (float32 accumulation) where the CPU has AVX512-BF16.
+// XLA:CPU's own kernel gradient runs at 3-20 GFLOP/s on AVX2 CPUs; oneDNN's JIT kernels are the
+// ones PyTorch uses on the CPU.
 //
 // Primitives are created once per shape and kept per calling thread: XLA may run two convolutions
 // at once on different threads, and a thread-local cache needs no lock.
