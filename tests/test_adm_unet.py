@@ -97,7 +97,6 @@ def test_bf16_compute_and_plain_resampling():
     assert param_count(_shapes(no_conv, x, t)) < param_count(params)
 
 
-
 def test_bf16_training_gradient_matches_float32():
     """bfloat16 compute (oneDNN's bf16 convolutions where the CPU has them) gives the float32
     gradient of a denoising loss up to bf16 rounding: the same direction, the same size."""

@@ -9,9 +9,9 @@ CODE = ("import os; from polypjax import hostenv; hostenv.reexec_with_hugepage_m
         "print(os.environ.get('GLIBC_TUNABLES'))")
 
 
-def _run(**env):
+def _run(code=CODE, **env):
     base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "POLYPJAX_HUGEPAGES")}
-    out = subprocess.run([sys.executable, "-c", CODE], env=dict(base, **env), capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], env=dict(base, **env), capture_output=True,
                          text=True, check=True, timeout=120)
     return out.stdout.strip().splitlines()
 
@@ -49,11 +49,7 @@ print(out[0])
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
 def test_freed_blocks_are_reused_without_page_faults():
     def faults(**env):
-        base = {k: v for k, v in os.environ.items()
-                if k not in ("GLIBC_TUNABLES", "POLYPJAX_HUGEPAGES")}
-        out = subprocess.run([sys.executable, "-c", REUSE], env=dict(base, **env),
-                             capture_output=True, text=True, check=True, timeout=120)
-        return int(out.stdout.split()[-1])
+        return int(_run(REUSE, **env)[-1])
 
     # glibc's default: munmap'd and faulted in again (32 huge pages where numpy asks for them)
     assert faults(POLYPJAX_HUGEPAGES="0") >= 16

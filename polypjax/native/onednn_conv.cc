@@ -183,11 +183,6 @@ bool HasIsa(dnnl::cpu_isa isa) {
   return (static_cast<unsigned>(dnnl::get_effective_cpu_isa()) & want) == want;
 }
 
-bool HasAvx512() {
-  static const bool has = HasIsa(dnnl::cpu_isa::avx512_core);
-  return has;
-}
-
 // dx from dy and w; x's shape comes from the result buffer.
 ffi::Error ConvInputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
@@ -225,7 +220,7 @@ ffi::Error ConvKernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::
   return Guard([&] {
     Geometry g = MakeGeometry(x, *dw, dy, strides, padding, dilation);
     KernelGradPlan& p = Cached<KernelGradPlan>(g.Key("bwd_weights"), [&] {
-      const tag activations = HasAvx512() ? tag::nhwc : tag::any;
+      const tag activations = HasIsa(dnnl::cpu_isa::avx512_core) ? tag::nhwc : tag::any;
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(activations), g.Weights(tag::any),
           g.Dst(activations), g.strides, g.dilates, g.pad_l, g.pad_r, g.Forward());
