@@ -89,22 +89,49 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
     ds = ds.batch(local_batch, drop_remainder=True)
     it = ds.to_iter_dataset()
     if worker_count > 0:
-        from absl import flags
-        if not flags.FLAGS.is_parsed():  # grain reads its absl flags; scripts and tests parse none
-            flags.FLAGS.mark_as_parsed()
+        _make_grain_flags_readable()
+        import functools
+        import os
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
-                            worker_init_fn=_exit_with_parent)
+                            worker_init_fn=functools.partial(_exit_with_parent, parent_pid=os.getpid()))
     return it
 
 
-def _exit_with_parent(worker_index: int, worker_count: int) -> None:
-    """Workers get SIGKILL when the training process dies, even by SIGKILL (Linux prctl)."""
-    import sys
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _make_grain_flags_readable() -> None:
+    """grain reads one absl flag (worker profiling) with `.value` when it starts workers, which
+    fails before absl parsed the command line (scripts, tests, notebooks). Marking that one flag
+    present, as grain itself does for its debug flags in workers, keeps its default readable
+    without declaring every absl flag of the process parsed."""
+    from absl import flags
+    name = "grain_enable_multiprocess_worker_profiling"
+    if not flags.FLAGS.is_parsed() and name in flags.FLAGS:
+        flags.FLAGS[name].present = True
+
+
+_PARENT_POLL_S = 0.2
+
+
+def _exit_with_parent(worker_index: int, worker_count: int, *, parent_pid: int) -> None:
+    """Makes a grain worker exit as soon as the training process is gone, even killed by SIGKILL.
+
+    A watchdog thread polls getppid(): a process whose parent dies is re-parented (to init or a
+    subreaper), so its parent pid changes and cannot change back. `parent_pid` is taken in the
+    trainer before the worker starts, so a trainer that died even before this runs is noticed.
+    Not PR_SET_PDEATHSIG: Linux sends that signal when the *thread* that forked the worker exits,
+    and grain starts its workers from short-lived threads, so every worker was killed moments
+    after start and training waited forever on their queues (issue 12).
+    """
+    import os
+    import threading
+    import time
+    del worker_index, worker_count
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)  # no cleanup to run: the trainer that wanted this worker's output is gone
+
+    threading.Thread(target=watch, name="polypjax-exit-with-parent", daemon=True).start()
 
 
 class _PaddedEvalSource:
