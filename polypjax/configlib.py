@@ -6,6 +6,7 @@ then checks every value and raises one `ConfigError` naming the field, before an
 """
 from __future__ import annotations
 
+import math
 import pathlib
 
 import ml_collections
@@ -66,11 +67,45 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     return c
 
 
+def check_number(config, name: str, low=None, high=None, *, low_open: bool = False,
+                 high_open: bool = False, integer: bool = False, prefix: str = "") -> None:
+    """The one numeric check: config.`name` is a finite number (an integer if `integer`) in
+    [low, high] (open ends with `low_open` / `high_open`). NaN fails every comparison, so range
+    checks written as `value < 0` let it through; this one does not. `prefix` is the dotted path
+    of `config` itself when it is a sub-block."""
+    value = _get(config, name)
+    name = f"{prefix}.{name}" if prefix else name
+    kind = "an integer" if integer else "a number"
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    if ok and not integer:
+        ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        bounds = " and ".join(b for b in (lo, hi) if b)
+        raise ConfigError(f"config.{name} must be {kind}{' ' + bounds if bounds else ''} (finite), got {value!r}")
+
+
 def _positive(config, *names):
     for name in names:
-        value = _get(config, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"config.{name} must be positive, got {value!r}")
+        check_number(config, name, 0, low_open=True)
+
+
+def check_finite_numbers(config, prefix: str = "config") -> None:
+    """No float anywhere in a config may be NaN or infinite: no field means either."""
+    for key, value in config.items():
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            check_finite_numbers(value, f"{prefix}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{prefix}.{key}[{i}] must be finite, got {v!r}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}.{key} must be finite, got {value!r}")
 
 
 def _get(config, dotted):
@@ -93,33 +128,49 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     from polypjax import tasks
     if config.task not in tasks.TASKS:
         raise ConfigError(f"config.task={config.task!r} is unknown; choose one of {sorted(tasks.TASKS)}")
+    check_finite_numbers(config)
+    if "seed" in config:
+        check_number(config, "seed", 0, integer=True)
     if "data" in config:
         d = config.data
         _positive(config, "data.image_size", "data.batch_size", "data.eval_batch_size", "data.phantom_size",
                   "data.phantom_train_examples", "data.phantom_test_examples")
-        if not 0 < d.test_fraction < 1:
-            raise ConfigError(f"config.data.test_fraction must be in (0, 1), got {d.test_fraction}")
-        if d.worker_count < 0:
-            raise ConfigError(f"config.data.worker_count must be >= 0, got {d.worker_count}")
+        for name in ("image_size", "batch_size", "eval_batch_size", "phantom_size"):
+            check_number(config, f"data.{name}", 1, integer=True)
+        check_number(config, "data.test_fraction", 0, 1, low_open=True, high_open=True)
+        check_number(config, "data.split_seed", 0, integer=True)
+        check_number(config, "data.worker_count", 0, integer=True)
         for field in ("train", "test"):
             for spec in split_specs(d[field]):
                 check_source_spec(spec, f"data.{field}")
-        a = d.augment
+        if any(s.startswith("phantom-") for f in ("train", "test") for s in split_specs(d[f])):
+            from polypjax.data import phantom
+            check_number(config, "data.phantom_size", phantom.MIN_SIZE, integer=True)
         for name in ("hflip", "vflip"):
-            if not 0 <= a[name] <= 1:
-                raise ConfigError(f"config.data.augment.{name} is a probability, got {a[name]}")
+            check_number(config, f"data.augment.{name}", 0, 1)
         for name in ("rotate_deg", "scale", "shift", "brightness", "contrast", "hue"):
-            if a[name] < 0:
-                raise ConfigError(f"config.data.augment.{name} must be >= 0, got {a[name]}")
+            check_number(config, f"data.augment.{name}", 0)
     if "mesh" in config:
-        if config.mesh.fsdp < 1 or (config.mesh.data < 1 and config.mesh.data != -1):
-            raise ConfigError(f"config.mesh must have fsdp >= 1 and data >= 1 or -1, got {config.mesh}")
+        check_number(config, "mesh.fsdp", 1, integer=True)
+        if config.mesh.data != -1:
+            check_number(config, "mesh.data", 1, integer=True)
+        _check_mesh_fits(config.mesh)
     task_check = tasks.validator(config.task)
     if task_check is not None:
         task_check(config)
     resolved = ml_collections.ConfigDict(config.to_dict())  # references become plain values
     resolved.lock()
     return resolved
+
+
+def _check_mesh_fits(mesh) -> None:
+    """A mesh needs that many devices; asked before any work (jax is imported by then anyway)."""
+    import jax
+    n = jax.device_count()
+    need = mesh.fsdp * (1 if mesh.data == -1 else mesh.data)
+    if n % mesh.fsdp or need > n:
+        raise ConfigError(f"config.mesh data={mesh.data} x fsdp={mesh.fsdp} needs {need} devices "
+                          f"(fsdp a divisor of the device count); this process sees {n}")
 
 
 def split_specs(value: str) -> list[str]:

@@ -540,13 +540,16 @@ def make_pair(
     dom = _check_domain(domain)
     index, seed = int(index), int(seed)
     size = dom.native_size if size is None else int(size)
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
     if index < 0 or seed < 0:
         raise ValueError(f"index and seed must be non-negative, got index={index}, seed={seed}")
     rng = np.random.default_rng(_seed_sequence(seed, domain, split, index))
     image, mask = _render(rng, dom, size)
     return {"image": image, "mask": mask, "id": f"{domain}-{split}-{index:05d}"}
+
+
+MIN_SIZE = 16  # smallest frame the renderer draws a lumen, folds and a polyp in
 
 
 class PhantomSource:

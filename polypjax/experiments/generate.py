@@ -33,8 +33,8 @@ def validate(config) -> None:
         raise ConfigError(f"config.generate.generator_workdir={str(path)!r}: no config.json there; "
                           "not a train_diffusion workdir")
     for name in ("num_samples", "batch_size"):
-        if not isinstance(g[name], int) or g[name] <= 0:
-            raise ConfigError(f"config.generate.{name} must be a positive integer, got {g[name]!r}")
+        configlib.check_number(config, f"generate.{name}", 1, integer=True)
+    configlib.check_number(config, "generate.seed", 0, integer=True)
     diffusion.validate_sampler(g.sampler, "generate.sampler")
     if g.color_reference:
         configlib.check_source_spec(g.color_reference, "generate.color_reference")

@@ -360,6 +360,16 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
+def input_multiple(model: nn.Module) -> int:
+    """The side lengths a model accepts are multiples of this (its total downsampling): skip
+    connections must meet feature maps of the same size on the way up."""
+    if isinstance(model, (UNet, UNetPlusPlus)):
+        return 2 ** (len(model.features) - 1)
+    if isinstance(model, DeepLabV3Plus):
+        return 16  # output stride 16 (the last stage is dilated)
+    return 32  # ResNet encoder: stem, max-pool and three strided stages
+
+
 def count_params(params) -> int:
     """Number of trainable scalars (BatchNorm running statistics live in batch_stats, not here)."""
     return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

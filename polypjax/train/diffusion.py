@@ -11,7 +11,7 @@ import pathlib
 import jax
 import numpy as np
 
-from polypjax.configlib import ConfigError
+from polypjax.configlib import ConfigError, check_number
 from polypjax.train import loop
 from polypjax.data import catalog, export, pipeline, visualize
 from polypjax.diffusion import generators
@@ -62,8 +62,10 @@ def validate_sampler(s, field: str) -> None:
     """Checks a sampler block (kind, steps) of a config; `field` is its dotted name for messages."""
     if s.kind not in generators.SAMPLERS:
         raise ConfigError(f"config.{field}.kind={s.kind!r} is unknown; choose one of {generators.SAMPLERS}")
-    if not 0 < s.steps:
-        raise ConfigError(f"config.{field}.steps must be positive, got {s.steps}")
+    check_number(s, "steps", 1, integer=True, prefix=field)
+    for name in ("eta", "guidance"):
+        if name in s:
+            check_number(s, name, 0, prefix=field)
 
 
 def validate(config) -> None:
@@ -74,10 +76,8 @@ def validate(config) -> None:
         raise ConfigError(f"config.diffusion.schedule must be linear or cosine, got {d.schedule!r}")
     if d.pred not in ("eps", "x0", "v"):
         raise ConfigError(f"config.diffusion.pred must be eps, x0 or v, got {d.pred!r}")
-    if d.num_timesteps <= 1:
-        raise ConfigError(f"config.diffusion.num_timesteps must be > 1, got {d.num_timesteps}")
-    if not 0 <= d.cond_dropout < 1:
-        raise ConfigError(f"config.diffusion.cond_dropout must be in [0, 1), got {d.cond_dropout}")
+    check_number(config, "diffusion.num_timesteps", 2, integer=True)
+    check_number(config, "diffusion.cond_dropout", 0, 1, high_open=True)
     validate_sampler(config.eval.sampler, "eval.sampler")
     m = config.model
     factor = 2 ** (len(m.channel_mult) - 1)
@@ -86,6 +86,5 @@ def validate(config) -> None:
                           f"for channel_mult={tuple(m.channel_mult)}")
     if m.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {m.dtype!r}")
-    if config.eval.num_samples <= 0:
-        raise ConfigError(f"config.eval.num_samples must be positive, got {config.eval.num_samples}")
+    check_number(config, "eval.num_samples", 1, integer=True)
     loop.validate_train_config(config)

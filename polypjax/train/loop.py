@@ -199,24 +199,23 @@ def _flat(d, prefix=""):
 
 def validate_train_config(config) -> None:
     """Checks `config.train` and `config.optim` (shared by every training task)."""
-    from polypjax.configlib import ConfigError
-    t = config.train
+    from polypjax.configlib import ConfigError, check_number
     for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if t[name] <= 0:
-            raise ConfigError(f"config.train.{name} must be positive, got {t[name]}")
-    if t.eval_every < 0:
-        raise ConfigError(f"config.train.eval_every must be >= 0 (0: at the end only), got {t.eval_every}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
+        check_number(config, f"train.{name}", 1, integer=True)
+    check_number(config, "train.eval_every", 0, integer=True)  # 0: at the end only
+    check_number(config, "train.ema_decay", 0, 1, high_open=True)
+    check_number(config, "optim.learning_rate", 0, low_open=True)
+    for name in ("b1", "b2"):
+        check_number(config, f"optim.{name}", 0, 1, high_open=True)
+    check_number(config, "optim.weight_decay", 0)
+    check_number(config, "optim.end_factor", 0)
+    check_number(config, "optim.warmup_steps", 0, integer=True)
+    check_number(config, "optim.grad_clip", 0)
     o = config.optim
-    if o.learning_rate <= 0:
-        raise ConfigError(f"config.optim.learning_rate must be positive, got {o.learning_rate}")
     if o.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"config.optim.name={o.name!r} is unknown; choose adam, adamw or sgd")
     if o.schedule not in ("cosine", "constant"):
         raise ConfigError(f"config.optim.schedule={o.schedule!r} is unknown; choose cosine or constant")
-    if o.warmup_steps < 0 or o.grad_clip < 0:
-        raise ConfigError("config.optim.warmup_steps and grad_clip must be >= 0")
 
 
 def train_config():

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from polypjax import parallel
-from polypjax.configlib import ConfigError, split_specs
+from polypjax.configlib import ConfigError, check_number, split_specs
 from polypjax.data import catalog, export, pipeline, sources, visualize
 from polypjax.metrics.segmentation import SegmentationMetrics
 from polypjax.models import segmenters
@@ -200,12 +200,11 @@ def validate(config) -> None:
         raise ConfigError(f"config.model.name={config.model.name!r} is unknown; choose one of {sorted(segmenters.MODELS)}")
     if r.kind not in REGIMES:
         raise ConfigError(f"config.regime.kind={r.kind!r} is unknown; choose one of {REGIMES}")
-    if not 0.0 <= r.alpha <= 1.0:
-        raise ConfigError(f"config.regime.alpha is a probability, got {r.alpha}")
-    if not 0.0 <= r.synthetic_fraction <= 1.0:
-        raise ConfigError(f"config.regime.synthetic_fraction must be in [0, 1], got {r.synthetic_fraction}")
-    if r.real_subset < 0:
-        raise ConfigError(f"config.regime.real_subset must be >= 0 (0: all), got {r.real_subset}")
+    check_number(config, "regime.alpha", 0, 1)
+    check_number(config, "regime.synthetic_fraction", 0, 1)
+    check_number(config, "regime.real_subset", 0, integer=True)  # 0: all
+    for name in ("bce_weight", "dice_weight"):
+        check_number(config, f"loss.{name}", 0)
     if r.kind in ("synthetic", "mixed", "replace") and not config.data.synthetic:
         raise ConfigError(f"config.regime.kind={r.kind!r} needs config.data.synthetic (a generated folder)")
     if config.data.synthetic:
@@ -213,9 +212,22 @@ def validate(config) -> None:
         check_source_spec(config.data.synthetic, "data.synthetic")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
+    _check_image_size(config)
     loop.validate_train_config(config)
     if not split_specs(config.data.test):
         raise ConfigError("config.data.test names no test set")
+
+
+def _check_image_size(config) -> None:
+    try:
+        model = segmenters.create_model(config.model.name, **_model_kwargs(config))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model.kwargs {dict(config.model.kwargs)} do not fit "
+                          f"{config.model.name}: {e}") from None
+    multiple = segmenters.input_multiple(model)
+    if config.data.image_size % multiple:
+        raise ConfigError(f"config.data.image_size={config.data.image_size} must be a multiple of {multiple} "
+                          f"for {config.model.name} with these features (its total downsampling)")
 
 
 def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
