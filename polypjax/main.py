@@ -49,21 +49,35 @@ def main(argv) -> None:
         handler.addFilter(_LibraryInfoFilter())
     from polypjax.configlib import ConfigError
     from polypjax.data.sources import DataError
+    from polypjax.train.loop import NonFiniteLossError
     if _WORKDIR.value is None:
         sys.exit("error: --workdir is required")
+    if pathlib.Path(_WORKDIR.value).exists() and not pathlib.Path(_WORKDIR.value).is_dir():
+        sys.exit(f"error: --workdir={_WORKDIR.value} exists and is not a directory")
     try:
         run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, NonFiniteLossError) as e:
         logging.shutdown()
         sys.exit(f"error: {e}")
+
+
+def _one_line(message: str) -> str:
+    """ml_collections embeds the config file's traceback in its message: keep the first line and
+    the exception at the end (e.g. "ValueError: unknown variant 'x'")."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if len(lines) <= 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
 def parse_flags(argv):
     """absl's parser, with config overrides that name no field reported in one line."""
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        getattr(_CONFIG.value, "task", None)  # a config file that failed to load raises when first read
+        return rest
     except flags.Error as e:
-        sys.exit(f"error: {e}\nPass --helpshort to see the flags.")
+        sys.exit(f"error: {_one_line(str(e))}\nPass --helpshort to see the flags.")
+    except OSError as e:  # ml_collections: the config file is missing or unreadable
+        sys.exit(f"error: --config: {_one_line(str(e))}")
     except (AttributeError, KeyError) as e:
         bad = [a for a in argv[1:] if a.startswith("--config.")]
         sys.exit(f"error: a config override names no existing field ({str(e).strip(chr(34))}); "

@@ -89,3 +89,44 @@ def test_cli_runs_and_records_resolved_config(tmp_path):
 def test_quickstart_config_resolves():
     c = configlib.resolve(_load("quickstart"))
     assert c.task == "quickstart" and c.data.train == "phantom-a" and c.train.num_steps > 0
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("optim.learning_rate", float("nan"), "config.optim.learning_rate must be finite"),
+    ("optim.b1", float("inf"), "config.optim.b1 must be finite"),
+    ("data.test_fraction", float("nan"), "config.data.test_fraction must be finite"),
+    ("data.augment.rotate_deg", float("nan"), "rotate_deg must be finite"),
+    ("seed", -1, "config.seed must be an integer >= 0"),
+    ("data.image_size", 36, "config.data.image_size=36 must be a multiple of 8"),
+    ("data.image_size", 8, "config.data.phantom_size must be an integer >= 16"),
+    ("mesh.data", 64, "needs 64 devices"),
+])
+def test_numbers_must_be_finite_and_fit(field, value, message):
+    c = _load("segmentation")
+    c.model.kwargs.features = (8, 16, 32, 64)
+    node = c
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(configlib.ConfigError, match=message):
+        configlib.resolve(c)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=configs/nope.py"], "No such file or directory: 'configs/nope.py'"),
+    (["--config=configs/segmentation.py:bogus"], "unknown variant 'bogus'"),
+    (["--config=configs/prepare_data.py", "--workdir=FILE"], "exists and is not a directory"),
+    (["--config=configs/segmentation.py", "--config.optim.learning_rate=nan"], "learning_rate must be finite"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    (tmp_path / "FILE").write_text("")
+    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
+    if not any(a.startswith("--workdir") for a in args):
+        args.append(f"--workdir={tmp_path / 'wd'}")
+    out = subprocess.run([sys.executable, "-m", "polypjax.main", *args], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT, env={**__import__("os").environ, "POLYPJAX_HUGEPAGES": "0"})
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    error_lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], out.stderr[-2000:]
