@@ -84,10 +84,16 @@ def check_number(config, name: str, low=None, high=None, *, low_open: bool = Fal
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        bounds = " and ".join(b for b in (lo, hi) if b)
-        raise ConfigError(f"config.{name} must be {kind}{' ' + bounds if bounds else ''} (finite), got {value!r}")
+        if low is not None and high is not None:
+            bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            if (low, high, low_open, high_open) == (0, 1, False, False):
+                bounds = "a probability in [0, 1]"
+        elif low is not None:
+            bounds = "positive" if (low, low_open) == (0, True) else f"{'>' if low_open else '>='} {low}"
+        else:
+            bounds = f"{'<' if high_open else '<='} {high}" if high is not None else "given"
+        rule = f"must be {bounds}, a finite {'integer' if integer else 'number'}"
+        raise ConfigError(f"config.{name} {rule}, got {value!r}")
 
 
 def _positive(config, *names):

@@ -96,9 +96,9 @@ def test_quickstart_config_resolves():
     ("optim.b1", float("inf"), "config.optim.b1 must be finite"),
     ("data.test_fraction", float("nan"), "config.data.test_fraction must be finite"),
     ("data.augment.rotate_deg", float("nan"), "rotate_deg must be finite"),
-    ("seed", -1, "config.seed must be an integer >= 0"),
+    ("seed", -1, "config.seed must be >= 0, a finite integer"),
     ("data.image_size", 36, "config.data.image_size=36 must be a multiple of 8"),
-    ("data.image_size", 8, "config.data.phantom_size must be an integer >= 16"),
+    ("data.image_size", 8, "config.data.phantom_size must be >= 16"),
     ("mesh.data", 64, "needs 64 devices"),
 ])
 def test_numbers_must_be_finite_and_fit(field, value, message):
