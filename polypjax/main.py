@@ -2,8 +2,9 @@
 
     python -m polypjax.main --config=configs/<task>.py --workdir=DIR [--config.data.image_size=128 ...]
 
-`config.task` selects what runs (see polypjax/tasks.py). The config is validated before any work
-and the resolved config is written to DIR/config.json.
+`config.task` selects what runs (see polypjax/tasks.py). The config is validated before any work;
+then the run claims DIR (polypjax/workdir.py: one run at a time, no other task's outputs, resume only
+with a compatible config) and writes the resolved config to DIR/config.json.
 """
 from __future__ import annotations
 
@@ -20,17 +21,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoi
 
 
 def run(config, workdir: str) -> object:
-    """Validates `config`, records it in `workdir` and runs its task (also the API for tests)."""
+    """Validates `config`, claims and records it in `workdir` and runs its task (also the API for tests)."""
     from polypjax import configlib, parallel, tasks
+    from polypjax import workdir as workdir_lib
     resolved = configlib.resolve(config)
     parallel.initialize_distributed(resolved.distributed.coordinator_address or None,
                                     resolved.distributed.num_processes, resolved.distributed.process_id)
-    workdir_path = pathlib.Path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
-    import jax
-    if jax.process_index() == 0:
-        configlib.write_config(workdir_path, resolved)
-    return tasks.module(resolved.task).run(resolved, workdir_path)
+    with workdir_lib.claim(pathlib.Path(workdir), resolved) as wd:  # lock, ownership, resume check, config.json
+        return tasks.module(resolved.task).run(resolved, wd)
 
 
 class _LibraryInfoFilter(logging.Filter):

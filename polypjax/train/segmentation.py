@@ -67,6 +67,7 @@ class SegmentationTask:
         self.test_sources = catalog.make_sources(config.data.test, config.data, default_split="test",
                                                  seed=config.seed)
         self._eval_fn = None
+        self.last_results = None  # the latest evaluation, {test set: figures}: what results.json reports
 
     # --- training -------------------------------------------------------------------------
     def train_iterator(self):
@@ -115,6 +116,7 @@ class SegmentationTask:
         params = state.ema_params if self.config.train.ema_decay > 0 else state.params
         results = evaluate_sets(self.predict_fn, params, state.model_state, self.test_sources, self.config,
                                 self.workdir / "eval", step)
+        self.last_results = results
         scalars = {}
         for name, r in results.items():
             for k in ("mDice", "mIoU", "dice", "iou"):
