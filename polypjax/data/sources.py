@@ -234,6 +234,11 @@ class FolderSource:
             raise IndexError(f"index {index} out of range for {self.name} ({len(self)} pairs)")
         return load_pair(*self._pairs[index], min_size=self.decode_size)
 
+    def pair_paths(self, index: int) -> tuple[pathlib.Path, pathlib.Path]:
+        """(image file, mask file) of pair `index`, e.g. for a record of where a pair came from."""
+        _, image_path, mask_path = self._pairs[index]
+        return image_path, mask_path
+
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r}, layout={self.layout!r}, split={self.split!r}, n={len(self)})"
 
