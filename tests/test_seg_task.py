@@ -126,7 +126,7 @@ def test_subset_and_regime_errors(synthetic_dir):
     c = seg_config(synthetic=str(synthetic_dir))
     c.regime.kind = "replace"
     c.regime.alpha = 1.5
-    with pytest.raises(configlib.ConfigError, match="alpha is a probability"):
+    with pytest.raises(configlib.ConfigError, match="alpha must be a probability"):
         configlib.resolve(c)
 
 
