@@ -129,7 +129,8 @@ class Stages:
         self.records: dict[str, dict] = {}  # stage path -> stage.json, in the order they ran
 
     def run(self, rel: str, config, upstream: tuple[str, ...] = (), what: str = "") -> pathlib.Path:
-        from polypjax import configlib, main
+        from polypjax import configlib
+        main = _main_module()
         out = self.workdir / rel
         resolved = configlib.resolve(config)
         key = {"config": resolved.to_dict(),
@@ -174,6 +175,17 @@ class Stages:
             c["flops_per_step"] = flops
             c["train_flops"] = flops * c["steps"] if flops and c["steps"] else None
         return c
+
+
+def _main_module():
+    """polypjax.main; when it runs as `python -m polypjax.main` it is __main__, and importing it a
+    second time would define its flags twice."""
+    import sys
+    top = sys.modules.get("__main__")
+    if getattr(getattr(top, "__spec__", None), "name", None) == "polypjax.main":
+        return top
+    import importlib
+    return importlib.import_module("polypjax.main")
 
 
 def _real_count(config) -> int:
