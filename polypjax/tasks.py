@@ -7,6 +7,7 @@ import importlib
 TASKS = {
     "prepare_data": "polypjax.experiments.prepare_data",
     "quickstart": "polypjax.experiments.quickstart",
+    "pipeline": "polypjax.experiments.pipeline",
     "evaluate_generation": "polypjax.experiments.evaluate",
     "train_segmentation": "polypjax.experiments.train_segmentation",
     "train_diffusion": "polypjax.experiments.train_diffusion",

@@ -43,28 +43,9 @@ def summarise(times: list[float], items_per_iter: int, flops_per_iter: float | N
 
 
 def compiled_flops(jitted, *args) -> float | None:
-    """FLOPs of one call from XLA's cost analysis (None when the backend does not report them).
-
-    XLA reports no FLOPs for custom calls, so the oneDNN convolutions (polypjax.models.conv) would
-    count as free: the count comes from a fresh trace of the same function with XLA's own
-    convolutions (POLYPJAX_CONV=xla), which is the same arithmetic.
-    """
-    fn = getattr(jitted, "__wrapped__", jitted)
-    previous = os.environ.get("POLYPJAX_CONV")
-    os.environ["POLYPJAX_CONV"] = "xla"
-    try:
-        analysis = jax.jit(lambda *a: fn(*a)).lower(*args).compile().cost_analysis()
-    except Exception:  # cost analysis is best effort on some backends
-        return None
-    finally:
-        if previous is None:
-            os.environ.pop("POLYPJAX_CONV")
-        else:
-            os.environ["POLYPJAX_CONV"] = previous
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops else None
+    """FLOPs of one call from XLA's cost analysis of the compiled function (polypjax.train.compute)."""
+    from polypjax.train import compute
+    return compute.step_flops(jitted, *args, compile=True)
 
 
 def compute_peak(dtype: str, budget_s: float = 10.0) -> dict:

@@ -23,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from polypjax import parallel
+from polypjax.train import compute
 from polypjax.train import writers as writers_lib
 from polypjax.train.state import TrainState, make_optimizer
 
@@ -131,6 +132,7 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     step_fn = jax.jit(make_train_step(task.loss), in_shardings=(shardings, batch_sharding),
                       out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
 
+    compute.record_step_flops(workdir, step_fn, state, first)  # the compute column of pipeline reports
     mngr = checkpoint_manager(workdir, config)
     start = 0
     if mngr.latest_step() is not None:

@@ -1,0 +1,39 @@
+"""The whole pipeline on the embedded phantom data (train on domain A, test on A and B), on a CPU:
+
+    python -m polypjax.main --config=configs/pipeline.py --workdir=runs/pipeline
+
+Each stage's config is its task's own configs/*.py plus the overrides below (see
+polypjax/experiments/pipeline.py); the report is runs/pipeline/report/report.html.
+"""
+import ml_collections
+
+from polypjax import configlib
+
+
+def get_config():
+    config = configlib.base_config("pipeline")
+    config.data.image_size = 32
+    config.data.phantom_train_examples = 200
+    config.data.phantom_test_examples = 50
+    config.generators = ml_collections.ConfigDict({"joint": {"variant": "cpu", "overrides": {
+        "data": {"batch_size": 16},
+        "model": {"channels": 32, "channel_mult": (1, 2, 2)},
+        "train": {"num_steps": 600, "checkpoint_every": 200, "eval_every": 0, "log_every": 50},
+        "eval": {"num_samples": 8, "sampler": {"steps": 20}}}}})
+    config.generate = ml_collections.ConfigDict({
+        "multiple": 1,  # synthetic pairs = multiple x the real training pairs (the paper's 1x/2x/3x)
+        "mode": "sample",  # sample | inpaint (RePaint into real frames) once the generate task has modes
+        "overrides": {"generate": {"batch_size": 50, "sampler": {"kind": "ddim", "steps": 20}}}})
+    config.evaluate = ml_collections.ConfigDict({"overrides": {"evaluate": {
+        "image_size": 0, "batch_size": 50, "msssim_pairs": 200, "msssim_size": 176}}})
+    config.segmentation = ml_collections.ConfigDict({
+        "variant": "cpu",
+        "models": {"unet": {"model": {"kwargs": {"features": (16, 32, 64)}}}},
+        "regimes": ("real", "real_augment", "synthetic", "mixed", "replace"),
+        "alpha": 0.5, "synthetic_fraction": 0.5,
+        "seeds": (0, 1),
+        "low_data": {"sizes": (16, 64), "synthetic_per_real": 1.0, "regimes": ("real", "mixed"),
+                     "protocols": ("paper",)},
+        "overrides": {"data": {"batch_size": 16}, "train": {"num_steps": 200, "checkpoint_every": 100,
+                                                            "log_every": 25}}})
+    return config

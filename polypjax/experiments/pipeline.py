@@ -1,0 +1,313 @@
+"""Task `pipeline`: labelled pairs -> generators -> synthetic pairs -> generation metrics -> segmenters
+under every data regime -> one report (report.md, report.html, results.csv).
+
+Every stage runs an existing task through `polypjax.main.run` in its own subfolder, with that task's
+config built from its `configs/*.py` plus the pipeline's overrides:
+
+    generators/<g>                      train_diffusion (and generators/<g>-N<n> for the "same data" protocol)
+    generated/<g>                       generate (`generate.mode` passed through when the task has it)
+    evaluation/<g>                      evaluate_generation against the real training set
+    segmentation/<g|none>/<model>/<regime>/<N|all>/<seed>   train_segmentation, scored on every test set
+    data/subsets/N<n>                   the real pairs of the low-data sweep (one fixed subset per N)
+    report/                             report.md, report.html, results.csv, figures/*.png
+
+`<stage>/stage.json` records the stage's config, the records of the stages it reads from, and its
+status. A stage is skipped when it is `done` with the same record; a different record deletes the
+stage folder and reruns it (and, since records chain, every stage downstream); a stage left
+`running` by a stopped pipeline is run again in place, so training resumes from its orbax
+checkpoint and generation from the pairs already on disk.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import logging
+import pathlib
+import shutil
+import time
+
+import ml_collections
+
+from polypjax.configlib import ConfigError
+from polypjax.data import export
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+REAL_REGIMES = ("real", "real_augment")
+SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
+# Data fields every stage takes from the pipeline's own `config.data`.
+SHARED_DATA = ("train", "test", "image_size", "phantom_train_examples", "phantom_test_examples",
+               "test_fraction", "split_seed")
+
+
+# --------------------------------------------------------------------------- stage configs
+
+def task_config(name: str, *args) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of configs/<name>.py: each stage starts from its task's own defaults."""
+    spec = importlib.util.spec_from_file_location(f"polypjax_config_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
+
+
+def merge(base: ml_collections.ConfigDict, overrides, where: str) -> ml_collections.ConfigDict:
+    """`overrides` (nested dict) written into `base`; a key `base` lacks is a ConfigError."""
+    for key, value in dict(overrides).items():
+        if key not in base:
+            raise ConfigError(f"config.{where}.{key}: the stage config has no field {key!r}")
+        if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(base[key], ml_collections.ConfigDict):
+            merge(base[key], value, f"{where}.{key}")
+        else:
+            base[key] = value
+    return base
+
+
+def _stage_base(config, name: str, *args) -> ml_collections.ConfigDict:
+    c = task_config(name, *args)
+    c.seed = config.seed
+    c.mesh = copy.deepcopy(config.mesh)
+    for field in SHARED_DATA:
+        c.data[field] = config.data[field]
+    return c
+
+
+def generator_config(config, name: str, train: str | None = None):
+    g = config.generators[name]
+    c = merge(_stage_base(config, "diffusion", g.get("variant", "cpu")), g.get("overrides", {}),
+              f"generators.{name}.overrides")
+    if train is not None:
+        c.data.train = train
+    return c
+
+
+def generate_config(config, generator_dir: pathlib.Path, num_samples: int, mode: str):
+    c = merge(_stage_base(config, "generate"), config.generate.overrides, "generate.overrides")
+    c.generate.generator_workdir = str(generator_dir)
+    c.generate.num_samples = int(num_samples)
+    if "mode" in c.generate:  # the generation modes (sample | inpaint | ...) where the task has them
+        c.generate.mode = mode
+    elif mode != "sample":
+        raise ConfigError(f"config.generate.mode={mode!r}: this generate task samples from noise only")
+    return c
+
+
+def evaluate_config(config, generated: list[pathlib.Path], segmenter_dir: pathlib.Path | None):
+    c = merge(_stage_base(config, "evaluate_generation"), config.evaluate.overrides, "evaluate.overrides")
+    c.evaluate.real = config.data.train
+    c.evaluate.generated = ",".join(str(p) for p in generated)
+    c.evaluate.segmenter_workdir = str(segmenter_dir) if segmenter_dir else ""
+    return c
+
+
+def segmentation_config(config, model: str, regime: str, *, seed: int, train: str | None = None,
+                        synthetic: str = "", synthetic_fraction: float | None = None):
+    s = config.segmentation
+    c = merge(_stage_base(config, "segmentation", s.get("variant", "cpu")), s.overrides, "segmentation.overrides")
+    merge(c, s.models[model], f"segmentation.models.{model}")
+    c.seed = int(seed)
+    c.regime.kind = regime
+    c.regime.alpha = float(s.alpha)
+    c.regime.synthetic_fraction = float(s.synthetic_fraction if synthetic_fraction is None else synthetic_fraction)
+    if train is not None:
+        c.data.train = train
+    c.data.synthetic = synthetic
+    return c
+
+
+# --------------------------------------------------------------------------- stages
+
+def _fingerprint(record) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Runs stages under a workdir; the skip / rerun / resume rule of the module docstring."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.workdir = workdir
+        self.records: dict[str, dict] = {}  # stage path -> stage.json, in the order they ran
+
+    def run(self, rel: str, config, upstream: tuple[str, ...] = (), what: str = "") -> pathlib.Path:
+        from polypjax import configlib
+        main = _main_module()
+        out = self.workdir / rel
+        resolved = configlib.resolve(config)
+        key = {"config": resolved.to_dict(),
+               "upstream": {u: self.records[u]["fingerprint"] for u in upstream}}
+        fingerprint = _fingerprint(key)
+        path = out / "stage.json"
+        old = json.loads(path.read_text()) if path.exists() else None
+        if old is not None and old.get("fingerprint") == fingerprint and old.get("status") == "done":
+            logging.info("stage %s: done, skipped", rel)
+            self.records[rel] = old
+            return out
+        if old is not None and old.get("fingerprint") != fingerprint:
+            logging.info("stage %s: its config changed, rerunning it from scratch", rel)
+            shutil.rmtree(out)
+        elif old is not None:
+            logging.info("stage %s: resuming an interrupted run", rel)
+        print(f"[pipeline] stage {rel}: {what or resolved.task}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"stage": rel, "task": resolved.task, "fingerprint": fingerprint, "status": "running",
+                  "runs": (old or {}).get("runs", 0) + 1 if old and old.get("fingerprint") == fingerprint else 1,
+                  **key}
+        export.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+        wall, cpu = time.monotonic(), time.process_time()
+        main.run(resolved, str(out))
+        record.update(status="done", compute=self._compute(out, resolved, time.monotonic() - wall,
+                                                           time.process_time() - cpu))
+        export.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+        self.records[rel] = record
+        return out
+
+    @staticmethod
+    def _compute(out: pathlib.Path, config, wall_s: float, cpu_s: float) -> dict:
+        import jax
+        c = {"wall_s": wall_s, "cpu_s": cpu_s, "devices": jax.device_count(), "steps": None,
+             "flops_per_step": None, "train_flops": None}
+        if "train" in config and "num_steps" in config.train:
+            c["steps"] = int(config.train.num_steps)
+        elif "generate" in config:
+            c["steps"] = int(config.generate.num_samples) * int(config.generate.sampler.steps)
+        if (out / "compute.json").exists():
+            flops = json.loads((out / "compute.json").read_text()).get("flops_per_step")
+            c["flops_per_step"] = flops
+            c["train_flops"] = flops * c["steps"] if flops and c["steps"] else None
+        return c
+
+
+def _main_module():
+    """polypjax.main; when it runs as `python -m polypjax.main` it is __main__, and importing it a
+    second time would define its flags twice."""
+    import sys
+    top = sys.modules.get("__main__")
+    if getattr(getattr(top, "__spec__", None), "name", None) == "polypjax.main":
+        return top
+    import importlib
+    return importlib.import_module("polypjax.main")
+
+
+def _real_count(config) -> int:
+    from polypjax.data import catalog
+    return len(catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed))
+
+
+def _subset_folder(workdir: pathlib.Path, config, n: int) -> pathlib.Path:
+    """data/subsets/N<n>: one fixed random subset of the real training pairs, written once as a
+    folder, so the low-data segmenters and the "same data" generator see exactly these pairs."""
+    from polypjax.data import catalog, sources
+    out = workdir / "data" / "subsets" / f"N{n}"
+    done = out / "subset.json"
+    key = {"train": config.data.train, "n": n, "seed": config.seed, "image_size": config.data.image_size}
+    if done.exists() and json.loads(done.read_text()) == key:
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
+    if n > len(real):
+        raise ConfigError(f"config.segmentation.low_data.sizes: {n} > the {len(real)} real training pairs")
+    export.write_source(sources.random_subset(real, n, seed=config.seed), out, desc=f"real subset N={n}")
+    export.atomic_write_text(done, json.dumps(key) + "\n")
+    return out
+
+
+def validate(config) -> None:
+    s = config.segmentation
+    if not config.generators:
+        raise ConfigError("config.generators must name at least one generator (e.g. joint)")
+    if not s.models:
+        raise ConfigError("config.segmentation.models must name at least one segmenter")
+    for regime in s.regimes:
+        if regime not in REAL_REGIMES + SYNTHETIC_REGIMES:
+            raise ConfigError(f"config.segmentation.regimes: {regime!r} is unknown; choose from "
+                              f"{REAL_REGIMES + SYNTHETIC_REGIMES}")
+    for p in s.low_data.protocols:
+        if p not in ("paper", "same_data"):
+            raise ConfigError(f"config.segmentation.low_data.protocols: {p!r}; choose paper or same_data")
+    if not s.seeds:
+        raise ConfigError("config.segmentation.seeds must list at least one seed")
+    if config.generate.multiple <= 0:
+        raise ConfigError(f"config.generate.multiple must be positive, got {config.generate.multiple}")
+
+
+def run(config, workdir: pathlib.Path) -> dict:
+    from polypjax.experiments import report
+    workdir = pathlib.Path(workdir)
+    stages = Stages(workdir)
+    s = config.segmentation
+    models = list(s.models)
+    n_real = _real_count(config)
+    runs = []  # (stage path, generator, model, regime, N, seed, protocol)
+
+    # 1-2. generators and their synthetic pairs (N x the real count).
+    generated = {}
+    for g in config.generators:
+        gdir = stages.run(f"generators/{g}", generator_config(config, g), what=f"train generator {g}")
+        generated[g] = stages.run(
+            f"generated/{g}", generate_config(config, gdir, config.generate.multiple * n_real, config.generate.mode),
+            upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple} x {n_real} pairs with {g}")
+
+    def segment(model, regime, n, seed, generator="none", protocol="full", train=None, synthetic=None,
+                upstream=(), fraction=None):
+        rel = f"segmentation/{generator}/{model}/{regime}/{'all' if n is None else n}/{seed}"
+        c = segmentation_config(config, model, regime, seed=seed, train=train,
+                                synthetic=str(synthetic) if synthetic else "", synthetic_fraction=fraction)
+        stages.run(rel, c, upstream=upstream, what=f"segmenter {model}, {regime}, N={n or n_real}, seed {seed}"
+                   + (f", synthetic from {generator}" if generator != "none" else ""))
+        runs.append({"stage": rel, "generator": generator, "model": model, "regime": regime,
+                     "N": n or n_real, "seed": seed, "protocol": protocol})
+        return rel
+
+    # 4a. the real-only segmenter of the first seed doubles as the label-consistency judge.
+    judge = segment(models[0], "real", None, s.seeds[0])
+
+    # 3. generation metrics of every generator against the real training set.
+    for g in config.generators:
+        stages.run(f"evaluation/{g}", evaluate_config(config, [generated[g]], workdir / judge),
+                   upstream=(f"generated/{g}", judge), what=f"generation metrics of {g}")
+
+    # 4b-5. every regime, model and seed at the full real set (each run scores every test set).
+    for model in models:
+        for seed in s.seeds:
+            for regime in s.regimes:
+                if regime in REAL_REGIMES:
+                    if (model, regime, seed) != (models[0], "real", s.seeds[0]):
+                        segment(model, regime, None, seed)
+                else:
+                    for g in config.generators:
+                        segment(model, regime, None, seed, generator=g, synthetic=generated[g],
+                                upstream=(f"generated/{g}",))
+
+    # 4c. the low-data sweep: N real pairs, r synthetic per real pair, under both protocols.
+    low = s.low_data
+    r = float(low.synthetic_per_real)
+    for n in low.sizes:
+        if not n or n >= n_real:
+            continue  # "all" is the full-set grid above
+        subset = _subset_folder(workdir, config, int(n))
+        same = {}
+        if "same_data" in low.protocols:
+            for g in config.generators:
+                gdir = stages.run(f"generators/{g}-N{n}", generator_config(config, g, train=str(subset)),
+                                  what=f"train generator {g} on the N={n} subset (same-data protocol)")
+                same[g] = stages.run(f"generated/{g}-N{n}",
+                                     generate_config(config, gdir, max(2, int(round(r * n))), config.generate.mode),
+                                     upstream=(f"generators/{g}-N{n}",), what=f"generate with {g}-N{n}")
+        for model in models:
+            for seed in s.seeds:
+                for regime in low.regimes:
+                    if regime in REAL_REGIMES:
+                        segment(model, regime, n, seed, protocol="low_data", train=str(subset))
+                        continue
+                    for g in config.generators:
+                        for protocol in low.protocols:
+                            source, name = ((generated[g], g) if protocol == "paper" else (same[g], f"{g}-N{n}"))
+                            segment(model, regime, n, seed, generator=name, protocol=protocol, train=str(subset),
+                                    synthetic=source, upstream=(f"generated/{name}",), fraction=r / (1.0 + r))
+
+    # 6. the report (always rebuilt: it is cheap and reads only finished stages).
+    print("[pipeline] stage report", flush=True)
+    summary = {"config": config.to_dict(), "num_real_train": n_real, "runs": runs,
+               "stages": stages.records, "generators": list(config.generators)}
+    return report.write(workdir, summary)

@@ -1,0 +1,309 @@
+"""The pipeline's report: results.csv (one row per generator, model, regime, N, seed, test set),
+results.json, report.md and a self-contained report.html (figures embedded as PNG data URIs)."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import pathlib
+
+import numpy as np
+
+from polypjax.data import export
+
+METRICS = ("mDice", "mIoU", "dice", "iou")
+CSV_FIELDS = ("generator", "model", "regime", "protocol", "N", "seed", "test_set", *METRICS, "num_images")
+
+
+def rows(workdir: pathlib.Path, runs: list[dict]) -> list[dict]:
+    out = []
+    for run in runs:
+        results = json.loads((workdir / run["stage"] / "results.json").read_text())
+        for test_set, r in results["test"].items():
+            out.append({**{k: run[k] for k in ("generator", "model", "regime", "protocol", "N", "seed")},
+                        "test_set": test_set, **{m: float(r[m]) for m in METRICS}, "num_images": r["num_images"]})
+    return out
+
+
+def aggregate(table: list[dict]) -> list[dict]:
+    """Mean and (sample) std over seeds per (generator, model, regime, protocol, N, test set)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in table:
+        groups.setdefault(tuple(r[k] for k in ("generator", "model", "regime", "protocol", "N", "test_set")),
+                          []).append(r)
+    out = []
+    for key, members in groups.items():
+        g = dict(zip(("generator", "model", "regime", "protocol", "N", "test_set"), key), seeds=len(members))
+        for m in METRICS:
+            v = np.array([r[m] for r in members])
+            g[m], g[f"{m}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        out.append(g)
+    return out
+
+
+def _pm(mean, std, digits=3) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _md_table(header: list[str], body: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def segmentation_table(agg: list[dict], n_all: int) -> tuple[list[str], list[list]]:
+    full = [a for a in agg if a["N"] == n_all]
+    base = {(a["model"], a["regime"], a["test_set"]): a for a in full if a["generator"] == "none"}
+    header = ["model", "regime", "synthetic from", "test set", "seeds", "mDice", "mIoU", "Dice", "IoU",
+              "ΔmDice vs real", "ΔmDice vs real+aug"]
+    body = []
+    for a in sorted(full, key=lambda a: (a["model"], a["test_set"], a["generator"] != "none", a["regime"])):
+        gains = []
+        for ref in ("real", "real_augment"):
+            b = base.get((a["model"], ref, a["test_set"]))
+            gains.append("–" if b is None or (a["regime"] == ref and a["generator"] == "none")
+                         else f"{a['mDice'] - b['mDice']:+.3f}")
+        body.append([a["model"], a["regime"], a["generator"], a["test_set"], a["seeds"],
+                     *[_pm(a[m], a[f"{m}_std"]) for m in METRICS], *gains])
+    return header, body
+
+
+def low_data_table(agg: list[dict]) -> tuple[list[str], list[list]]:
+    header = ["model", "N real", "regime", "protocol", "synthetic from", "test set", "seeds", "mDice", "mIoU"]
+    body = [[a["model"], a["N"], a["regime"], a["protocol"], a["generator"], a["test_set"], a["seeds"],
+             _pm(a["mDice"], a["mDice_std"]), _pm(a["mIoU"], a["mIoU_std"])]
+            for a in sorted(agg, key=lambda a: (a["model"], a["test_set"], a["N"], a["regime"], a["protocol"]))]
+    return header, body
+
+
+def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list[str], list[list], dict]:
+    header = ["generator", "pairs", "FID", "KID", "MS-SSIM (real)", "MS-SSIM (generated)",
+              "mask area (real / gen)", "W1 area", "W1 components",
+              "label mDice (chance)"]
+    body, reports = [], {}
+    for g in generators:
+        path = workdir / "evaluation" / g / "generation_metrics.json"
+        if not path.exists():
+            continue
+        rep = json.loads(path.read_text())
+        reports[g] = rep
+        real = rep["real"]
+        for r in rep["generated"]:
+            lc = r.get("label_consistency") or {}
+            kid = r.get("kid")
+            ms_r, ms_g = real.get("mask_statistics") or {}, r.get("mask_statistics") or {}
+            w1 = r.get("mask_distances") or {}
+            body.append([g, r["num_images"], "n/a" if r.get("fid") is None else f"{r['fid']:.2f}",
+                         "n/a" if not kid else _pm(kid["mean"], kid["std"], 4),
+                         _num(real["msssim_diversity"]["mean"]), _num(r["msssim_diversity"]["mean"]),
+                         f"{_num(ms_r.get('area_fraction'))} / {_num(ms_g.get('area_fraction'))}",
+                         _num(w1.get("area_fraction")), _num(w1.get("num_components")),
+                         f"{_num(lc.get('mDice'))} ({_num(lc.get('chance_mDice'))})"])
+    return header, body, reports
+
+
+def _num(v, digits=3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def compute_table(stages: dict) -> tuple[list[str], list[list]]:
+    header = ["stage", "task", "wall s", "CPU s", "steps", "devices", "train GFLOP"]
+    body = []
+    for rel, rec in stages.items():
+        c = rec.get("compute") or {}
+        body.append([rel, rec.get("task"), _num(c.get("wall_s"), 1), _num(c.get("cpu_s"), 1), c.get("steps", "–"),
+                     c.get("devices", "–"), "–" if not c.get("train_flops") else f"{c['train_flops'] / 1e9:.1f}"])
+    return header, body
+
+
+# --------------------------------------------------------------------------- figures
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figures(workdir: pathlib.Path, summary: dict, agg: list[dict]) -> dict[str, bytes]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = {}
+    out.update(_sample_grids(workdir, summary))
+    n_all = summary["num_real_train"]
+    full = [a for a in agg if a["N"] == n_all]
+    tests = sorted({a["test_set"] for a in full})
+    if full:
+        fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 3.8), squeeze=False)
+        for ax, t in zip(axes[0], tests):
+            items = sorted([a for a in full if a["test_set"] == t], key=lambda a: (a["model"], a["generator"] != "none", a["regime"]))
+            labels = [f"{a['regime']}" + (f"\n({a['generator']})" if a["generator"] != "none" else "")
+                      + (f"\n{a['model']}" if len(summary["config"]["segmentation"]["models"]) > 1 else "") for a in items]
+            ax.bar(range(len(items)), [a["mDice"] for a in items], yerr=[a["mDice_std"] for a in items], capsize=4,
+                   color=["#888" if a["generator"] == "none" else "#3a7" for a in items])
+            ax.set_xticks(range(len(items)), labels, fontsize=8)
+            ax.set_title(f"test: {t}")
+            ax.set_ylabel("mDice (mean ± std over seeds)")
+            ax.set_ylim(0, 1)
+        out["dice_bars.png"] = _png(fig)
+    low = [a for a in agg if a["protocol"] in ("low_data", "paper", "same_data") or a["N"] != n_all]
+    if low:
+        fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 3.8), squeeze=False)
+        for ax, t in zip(axes[0], tests):
+            curves: dict[tuple, list] = {}
+            for a in agg:
+                if a["test_set"] == t and (a["regime"] in summary["config"]["segmentation"]["low_data"]["regimes"]):
+                    label = a["regime"] if a["generator"] == "none" else f"{a['regime']} ({a['protocol']}, {a['generator']})"
+                    if a["N"] == n_all and a["generator"] != "none":
+                        label = f"{a['regime']} (paper, {a['generator']})"
+                    curves.setdefault((a["model"], label), []).append(a)
+            for (model, label), pts in sorted(curves.items()):
+                pts = sorted(pts, key=lambda a: a["N"])
+                ax.errorbar([p["N"] for p in pts], [p["mDice"] for p in pts], yerr=[p["mDice_std"] for p in pts],
+                            marker="o", capsize=3, label=label if len(summary["config"]["segmentation"]["models"]) == 1
+                            else f"{model}: {label}")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("real training pairs N")
+            ax.set_ylabel("mDice")
+            ax.set_title(f"low-data sweep, test: {t}")
+            ax.legend(fontsize=7)
+        out["low_data.png"] = _png(fig)
+    loss = _loss_curves(workdir, summary)
+    if loss is not None:
+        out["training_loss.png"] = loss
+    return out
+
+
+def _sample_grids(workdir: pathlib.Path, summary: dict) -> dict[str, bytes]:
+    from polypjax.data import catalog, visualize
+    from polypjax.data.sources import FolderSource
+    import ml_collections
+    c = ml_collections.ConfigDict(summary["config"])
+    real = catalog.make_source(c.data.train, c.data, default_split="train", seed=c.seed)
+    out = {}
+    k = 8
+    real_pairs = [real[i] for i in range(min(k, len(real)))]
+    for g in summary["generators"]:
+        folder = workdir / "generated" / g
+        if not (folder / "generation.json").exists():
+            continue
+        gen = FolderSource(folder)
+        left = visualize.pair_grid(real_pairs, size=96)
+        right = visualize.pair_grid([gen[i] for i in range(min(k, len(gen)))], size=96)
+        h = max(left.shape[0], right.shape[0])
+        left, right = (np.pad(a, ((0, h - a.shape[0]), (0, 0), (0, 0)), constant_values=255) for a in (left, right))
+        # Left: real pairs, right: generated pairs; each row is frame | mask | overlay.
+        gap = np.full((h, 24, 3), 255, np.uint8)
+        out[f"samples_{g}.png"] = export.encode_png(np.concatenate([left, gap, right], axis=1))
+    return out
+
+
+def _loss_curves(workdir: pathlib.Path, summary: dict) -> bytes | None:
+    import matplotlib.pyplot as plt
+    series = {}
+    for rel in summary["stages"]:
+        path = workdir / rel / "metrics.jsonl"
+        if not path.exists() or not (rel.startswith("generators/") or rel.endswith(f"/all/{summary['config']['segmentation']['seeds'][0]}")):
+            continue
+        steps, losses = [], []
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            value = rec.get("train/loss")
+            if value is not None:
+                steps.append(rec.get("step"))
+                losses.append(value)
+        if steps:
+            series[rel] = (steps, losses)
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for rel, (steps, losses) in series.items():
+        ax = axes[0] if rel.startswith("generators/") else axes[1]
+        ax.plot(steps, losses, label=rel.split("/", 1)[1], lw=1.2)
+    for ax, title in zip(axes, ("generators (diffusion loss)", "segmenters, N=all, first seed (BCE + Dice)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("train loss")
+        ax.set_yscale("log")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- writers
+
+def _html_table(header, body) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    rows_ = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows_}</tbody></table>"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}pre{background:#f6f6f6;padding:1em;"
+        "font-size:11px;overflow:auto;max-height:30em}")
+
+
+def write(workdir: pathlib.Path, summary: dict) -> dict:
+    out = workdir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table = rows(workdir, summary["runs"])
+    agg = aggregate(table)
+    n_all = summary["num_real_train"]
+    sections = []  # (title, text, (header, body) or None, figure names)
+    gen_header, gen_body, gen_reports = generation_table(workdir, summary["generators"])
+    seg = segmentation_table(agg, n_all)
+    low = low_data_table([a for a in agg if a["N"] != n_all or a["protocol"] != "full"])
+    figs = figures(workdir, summary, agg)
+    sections.append(("Generation metrics (against the real training set)",
+                     "Per generator; sample grids: real pairs left, generated right (frame | mask | overlay). FID/KID need the FID Inception weights. MS-SSIM: lower = more diverse; "
+                     "compare with the real set's own. Label mDice: a segmenter trained on real data scored "
+                     "against the generated masks (chance: against another pair's mask).",
+                     (gen_header, gen_body), [f for f in figs if f.startswith("samples_")]))
+    sections.append((f"Segmentation, all {n_all} real training pairs",
+                     "mean ± std over seeds; Δ: mDice gain over the real-only and real + augmentation runs "
+                     "of the same model and test set.", seg, ["dice_bars.png"]))
+    if low[1]:
+        sections.append(("Low-data sweep",
+                         "N real pairs (one fixed subset per N), r synthetic per real. Protocol *paper*: the "
+                         "generator was trained on the full set; *same_data*: on the same N pairs.",
+                         low, ["low_data.png"]))
+    sections.append(("Compute per stage", "Wall and process CPU time of the last run of each stage; train "
+                     "GFLOP = XLA cost analysis of one step × steps.", compute_table(summary["stages"]),
+                     ["training_loss.png"]))
+
+    for name, data in figs.items():
+        export.atomic_write_bytes(out / "figures" / name, data)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(table)
+    export.atomic_write_text(out / "results.csv", buf.getvalue())
+    result = {"rows": table, "aggregate": agg, "generation": gen_reports}
+    export.atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+
+    config_json = json.dumps(summary["config"], indent=2, default=str)
+    md = ["# polypjax pipeline report", ""]
+    hp = ["<!doctype html><html><head><meta charset='utf-8'><title>polypjax pipeline report</title>"
+          f"<style>{_CSS}</style></head><body><h1>polypjax pipeline report</h1>"]
+    for title, text, tab, fig_names in sections:
+        md += [f"## {title}", "", text, ""]
+        hp.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>")
+        if tab is not None:
+            md += [_md_table(*tab), ""]
+            hp.append(_html_table(*tab))
+        for f in fig_names:
+            if f in figs:
+                md += [f"![{f}](figures/{f})", ""]
+                hp.append(f"<p><img alt='{f}' src='data:image/png;base64,{base64.b64encode(figs[f]).decode()}'></p>")
+    md += ["## Configuration", "", "```json", config_json, "```", ""]
+    hp.append(f"<h2>Configuration</h2><pre>{html.escape(config_json)}</pre></body></html>")
+    export.atomic_write_text(out / "report.md", "\n".join(md))
+    export.atomic_write_text(out / "report.html", "".join(hp))
+    print("\n".join(md[: md.index("## Configuration")]))
+    return result
