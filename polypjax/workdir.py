@@ -39,6 +39,7 @@ OUTPUTS = {
     "evaluate_generation": ("generation_metrics.json", "generation_metrics.md"),
     "prepare_data": _PREPARE,
     "quickstart": _PREPARE + ("segmentation", "report.md"),
+    "pipeline": ("data", "generators", "generated", "evaluation", "segmentation", "report"),
 }
 
 # Fields that may differ from the stored config when a run continues in its workdir, and why they
@@ -74,6 +75,8 @@ MAY_CHANGE = {
     # Stages are skipped when their output exists, so only what no stage reads may change.
     "quickstart": {**_INTERVALS, **_PLACEMENT, "data.eval_batch_size": _TEST_SETS["data.eval_batch_size"]},
     "evaluate_generation": {"*": "every output is recomputed by each run"},
+    # Each stage records its own config and reruns (with the stages after it) when that changed.
+    "pipeline": {"*": "stages compare their recorded configs themselves"},
 }
 
 
