@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     parser.add_argument("folders", nargs="+", help="dataset folder(s) (Kvasir-SEG or CVC-ClinicDB layout)")
     parser.add_argument("--json", action="store_true", help="print one JSON report per folder")
     args = parser.parse_args(argv)
-    reports = [inspect_folder(f, progress=sys.stderr.isatty()) for f in args.folders]
+    reports = [inspect_folder(f) for f in args.folders]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     else:

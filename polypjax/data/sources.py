@@ -8,14 +8,17 @@ downloaded (no conversion step):
   polypjax writes: `images/<stem>.<ext>` + `masks/<stem>.<ext>`;
 - CVC-ClinicDB original release: `Original/<n>.tif` + `Ground Truth/<n>.tif`.
 
-Problems are reported with the file they concern; `inspect_folder` collects all of them, the
-sources raise `DataError` on the first one they meet.
+Problems are reported with the file they concern. `check_pair` is the one per-pair check: the
+inspector (`inspect.inspect_folder`) and the pre-run check of every task (`check.py`) collect its
+problems over a folder; the sources raise `DataError` on the first one they meet, through the
+same decoding rules (`read_array`, `to_uint8`, `to_binary_mask`).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import pathlib
+import unicodedata
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -87,19 +90,43 @@ def _layout_in(base: pathlib.Path):
     return None
 
 
+def _index_folder(folder: pathlib.Path, problems: list[Problem]) -> dict[str, pathlib.Path]:
+    """{NFC-normalised stem: file}; two files with one stem (`a.png` beside `a.jpg`) are an error.
+
+    Names are compared in Unicode NFC form: macOS writes NFD (`e` + combining accent), most other
+    systems NFC, so one name can reach a folder in either spelling.
+    """
+    by_stem: dict[str, list[pathlib.Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if _is_image_file(p):
+            by_stem.setdefault(unicodedata.normalize("NFC", p.stem), []).append(p)
+    out = {}
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            problems.append(Problem("error", str(paths[0]), f"{len(paths)} files share the name {stem!r} "
+                                    f"({', '.join(p.name for p in paths)}): keep one"))
+        else:
+            out[stem] = paths[0]
+    return out
+
+
 def list_pairs(image_dir: pathlib.Path, mask_dir: pathlib.Path
                ) -> tuple[list[tuple[str, pathlib.Path, pathlib.Path]], list[Problem]]:
-    """Matches images and masks by file stem; unmatched files become problems."""
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if _is_image_file(p)}
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if _is_image_file(p)}
-    problems = []
+    """Matches images and masks by file stem (NFC-normalised); unmatched files become problems."""
+    problems: list[Problem] = []
+    images = _index_folder(image_dir, problems)
+    masks = _index_folder(mask_dir, problems)
     for stem in sorted(images.keys() - masks.keys()):
         problems.append(Problem("error", str(images[stem]), f"image has no mask in {mask_dir}"))
     for stem in sorted(masks.keys() - images.keys()):
         problems.append(Problem("error", str(masks[stem]), f"mask has no image in {image_dir}"))
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys(),
                                                                     key=_natural_key)]
-    if not images and not masks:
+    for stem, image, mask in pairs:
+        if image.stem != mask.stem:
+            problems.append(Problem("warning", str(image), f"paired with mask {mask.name!r}, the same name in "
+                                    "another Unicode spelling (NFC/NFD); names are compared in NFC form"))
+    if not images and not masks and not problems:
         problems.append(Problem("error", str(image_dir.parent),
                                 f"empty dataset: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
                                 f"in {image_dir.name}/ or {mask_dir.name}/"))
@@ -111,19 +138,113 @@ def _natural_key(stem: str):
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 
-def read_image_file(path: pathlib.Path, min_size: int | None = None) -> np.ndarray:
-    """Decodes an image file to uint8 (H,W) or (H,W,C); DataError naming the file if it fails.
+# --------------------------------------------------------------------------- decoding rules
+#
+# Shape: H x W (gray), H x W x C or planar C x H x W with C = 1 (gray), 3 (RGB) or 4 (RGBA);
+# anything else (2 channels, stacks of pages) is not an image. At most Image.MAX_IMAGE_PIXELS
+# pixels, checked from the header before decoding, for TIFF as for the formats Pillow reads.
+# Values to uint8 (`to_uint8`): bool -> 0/255; unsigned and signed integers are scaled from their
+# type's full range [0, max] (16-bit: x * 255 / 65535, negative values clip to 0), never by the
+# file's own maximum; floats are taken as [0, 1] (clipped) and scaled by 255. Pillow's 32-bit
+# mode "I" (how it may open a 16-bit PNG) is read as 16-bit.
+
+LOSSY_FORMATS = ("JPEG", "MPO")
+
+_PIL_CHANNELS = {"1": 1, "L": 1, "I": 1, "F": 1, "RGB": 3, "RGBA": 4, "LA": 4, "PA": 4, "RGBa": 4, "La": 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    format: str
+
+    @property
+    def lossy(self) -> bool:
+        return self.format in LOSSY_FORMATS
+
+
+def _is_tiff(path: pathlib.Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def image_layout(shape: Sequence[int], path) -> tuple[int, int, int, bool]:
+    """(height, width, channels, planar) of an array shape, or DataError if it cannot be an image."""
+    from PIL import Image
+    shape = tuple(int(s) for s in shape)
+    planar = False
+    if len(shape) == 2:
+        (h, w), c = shape, 1
+    elif len(shape) == 3 and shape[-1] in (1, 3, 4):
+        h, w, c = shape
+    elif len(shape) == 3 and shape[0] in (1, 3, 4):
+        (c, h, w), planar = shape, True
+    else:
+        what = f"{shape[-1]} channels" if len(shape) == 3 else f"{len(shape)} dimensions"
+        raise DataError(f"{path}: array of shape {shape} ({what}) is not an image; expected height x width "
+                        "with 1 (gray), 3 (RGB) or 4 (RGBA) channels")
+    if min(h, w) == 0:
+        raise DataError(f"{path}: empty image of shape {shape}")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and h * w > limit:
+        raise DataError(f"{path}: {w}x{h} px is more than the limit of {limit} pixels "
+                        "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs)")
+    return h, w, c, planar
+
+
+def _pil_mode_channels(im) -> int:
+    if im.mode.startswith("I;16") or im.mode in _PIL_CHANNELS:
+        return _PIL_CHANNELS.get(im.mode, 1)
+    return 4 if "transparency" in im.info else 3  # P, CMYK, YCbCr, ... convert to RGB(A)
+
+
+def read_header(path: pathlib.Path) -> Header:
+    """Size, channels, dtype and format from the file header, without decoding pixels."""
+    path = pathlib.Path(path)
+    try:
+        if _is_tiff(path):
+            import tifffile
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, dtype = series.shape, np.dtype(series.dtype)
+            h, w, c, _ = image_layout(shape, path)
+            _check_dtype(dtype, path)
+            return Header(h, w, c, dtype.name, "TIFF")
+        from PIL import Image
+        with Image.open(path) as im:
+            c = _pil_mode_channels(im)
+            h, w, _, _ = image_layout((im.height, im.width, c), path)
+            dtype = "uint16" if im.mode.startswith("I") else "float32" if im.mode == "F" else "uint8"
+            return Header(h, w, c, dtype, im.format or "")
+    except DataError:
+        raise
+    except Exception as e:  # PIL and tifffile raise many types for corrupt files.
+        raise DataError(f"{path}: unreadable or corrupt image file ({type(e).__name__}: {e})") from e
+
+
+def _check_dtype(dtype: np.dtype, path) -> None:
+    if not (dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise DataError(f"{path}: pixel type {dtype} is not an image type (bool, integer or float)")
+
+
+def read_array(path: pathlib.Path, min_size: int | None = None) -> tuple[np.ndarray, Header]:
+    """Decodes a file to its native dtype as (H,W) or (H,W,C), C in {3, 4}; DataError naming the file.
 
     With `min_size`, a JPEG is decoded at the smallest power-of-two reduction (libjpeg's DCT
     scaling) whose shorter side stays >= min_size: a 1920 px Kvasir frame trained at 256 px then
     decodes several times faster. Image and mask of a pair share a size, so they shrink alike.
     """
     path = pathlib.Path(path)
+    header = read_header(path)  # shape and pixel limit checked before any pixel is decoded
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if _is_tiff(path):
             # PIL cannot read CVC-ClinicDB's RGB TIFFs; tifffile can.
             import tifffile
             array = tifffile.imread(path)
+            if image_layout(array.shape, path)[3]:
+                array = np.moveaxis(array, 0, -1)
         else:
             from PIL import Image
             with Image.open(path) as im:
@@ -132,55 +253,144 @@ def read_image_file(path: pathlib.Path, min_size: int | None = None) -> np.ndarr
                     scale = min(w, h) / min_size
                     im.draft(im.mode, (int(np.ceil(w / scale)), int(np.ceil(h / scale))))
                 im.load()
-                if im.mode not in ("L", "RGB"):
-                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
-                array = np.asarray(im)
+                if im.mode == "I":
+                    array = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+                elif im.mode.startswith("I;16"):
+                    array = np.asarray(im).astype(np.uint16)
+                elif im.mode == "1":
+                    array = np.asarray(im.convert("L"))
+                elif im.mode in ("L", "RGB", "RGBA", "F"):
+                    array = np.asarray(im)
+                else:
+                    array = np.asarray(im.convert("RGBA" if _pil_mode_channels(im) == 4 else "RGB"))
     except Exception as e:  # PIL and tifffile raise many types for corrupt files.
         raise DataError(f"{path}: unreadable or corrupt image file ({type(e).__name__}: {e})") from e
-    if array.dtype != np.uint8:
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        elif np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255:
-            array = (array / (np.iinfo(array.dtype).max / 255.0)).round().astype(np.uint8)
-        else:
-            array = np.clip(array, 0, 255).astype(np.uint8)
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # planar TIFF
-    if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
-        raise DataError(f"{path}: unexpected image shape {array.shape}")
-    return array
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array, header
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """The one value rule for every bit depth (see the comment above `Header`)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
+        top = np.iinfo(array.dtype).max
+        return np.round(np.clip(array, 0, None) * (255.0 / top)).astype(np.uint8)
+    return np.round(np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def read_image_file(path: pathlib.Path, min_size: int | None = None) -> np.ndarray:
+    """Decodes an image file to uint8 (H,W) or (H,W,C) by the rules above."""
+    return to_uint8(read_array(path, min_size)[0])
 
 
 def to_rgb(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         return np.repeat(array[..., None], 3, axis=-1)
-    if array.shape[-1] == 1:
-        return np.repeat(array, 3, axis=-1)
-    return array[..., :3]
+    return array[..., :3]  # RGBA frames: the alpha channel is dropped
 
 
-def to_binary_mask(array: np.ndarray) -> np.ndarray:
-    """Collapses a mask to one channel and thresholds it to {0,1}.
+def _value_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if a.dtype in (np.uint8, np.uint16):  # bincount is linear, unique sorts
+        counts = np.bincount(a.ravel(), minlength=2)
+        values = np.flatnonzero(counts)
+        return values.astype(a.dtype), counts[values]
+    return np.unique(a, return_counts=True)
 
-    JPEG masks carry compression noise around 0 and 255, hence the threshold at 127; masks stored
-    as 0/1 (max value 1) are already binary and kept as they are.
+
+def to_binary_mask(array: np.ndarray, path="mask", lossy: bool = False) -> np.ndarray:
+    """A decoded mask (native dtype) -> uint8 {0,1}; DataError when its labels are not binary.
+
+    Channels: the largest of R, G, B; a mask drawn only in the alpha channel (RGB all zero, alpha
+    not constant) is that alpha channel. Labels: a lossless mask holds 0 and one foreground value,
+    1, 255 or its type's maximum (65535 for 16-bit, True, 1.0); any other set of values (0/2,
+    0/100, 0/1 with a stray 255) is refused with the values found. A lossy (JPEG) mask carries
+    compression noise around 0 and 255, so it is thresholded at > 127 instead (on the 8-bit scale).
     """
-    if array.ndim == 3:
-        array = array[..., :3].max(axis=-1)
-    if array.max(initial=0) <= 1:
-        return (array > 0).astype(np.uint8)
-    return (array > 127).astype(np.uint8)
+    a = array
+    if a.ndim == 3:
+        rgb = a[..., :3]
+        if a.shape[-1] == 4 and not rgb.any() and a[..., 3].min() != a[..., 3].max():
+            a = a[..., 3]
+        else:
+            a = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    if lossy:
+        a = to_uint8(a)
+        mask = (a > 127).astype(np.uint8)
+        top = int(a.max(initial=0))
+        if 0 < top <= 127:
+            raise DataError(f"{path}: JPEG mask values go up to {top}, none above 127 (lossy masks are "
+                            "thresholded at > 127, so it would be empty); store masks as 0/255")
+        return mask
+    values, counts = _value_counts(a)
+    labels = [v for v in values.tolist() if v != 0]
+    allowed = {1, 255}
+    if np.issubdtype(a.dtype, np.integer):
+        allowed.add(int(np.iinfo(a.dtype).max))
+    if not labels or (len(labels) == 1 and labels[0] in allowed):
+        return (a != 0).astype(np.uint8)
+    found = ", ".join(f"{v:g} ({c} px)" for v, c in zip(values.tolist()[:8], counts.tolist()[:8]))
+    more = f", ... ({len(values)} values)" if len(values) > 8 else ""
+    raise DataError(f"{path}: mask values {found}{more} are not binary labels: a lossless mask holds 0 and "
+                    "one of 1, 255 or 65535 (16-bit)")
+
+
+def read_mask_file(path: pathlib.Path, min_size: int | None = None) -> np.ndarray:
+    array, header = read_array(path, min_size)
+    return to_binary_mask(array, path, lossy=header.lossy)
 
 
 def load_pair(stem: str, image_path: pathlib.Path, mask_path: pathlib.Path, min_size: int | None = None) -> dict:
     image = to_rgb(read_image_file(image_path, min_size))
-    mask = to_binary_mask(read_image_file(mask_path, min_size))
+    mask = read_mask_file(mask_path, min_size)
     if min_size and image.shape[:2] != mask.shape:  # e.g. a JPEG image with a PNG mask: no draft
-        image, mask = to_rgb(read_image_file(image_path)), to_binary_mask(read_image_file(mask_path))
+        image, mask = to_rgb(read_image_file(image_path)), read_mask_file(mask_path)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"size {image.shape[1]}x{image.shape[0]} ({image_path.name})")
     return {"image": np.ascontiguousarray(image), "mask": mask, "id": stem}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairCheck:
+    problems: tuple[Problem, ...]
+    size: tuple[int, int] | None = None  # (width, height) when the pair is usable
+    coverage: float | None = None  # mask foreground fraction
+
+
+def _problem(e: DataError) -> Problem:
+    path, _, message = str(e).partition(": ")
+    return Problem("error", path, message)
+
+
+def check_pair(image_path: pathlib.Path, mask_path: pathlib.Path) -> PairCheck:
+    """Every check of one pair that the readers apply, without decoding the image at full size.
+
+    The image is read from its header (size, channels, type, pixel limit) and decoded at the
+    smallest JPEG reduction to find corrupt data; the mask is decoded in full (labels, coverage).
+    """
+    problems = []
+    header = mask = None
+    try:
+        header = read_array(image_path, min_size=1)[1]
+    except DataError as e:
+        problems.append(_problem(e))
+    try:
+        mask = read_mask_file(mask_path)
+    except DataError as e:
+        problems.append(_problem(e))
+    if header is None or mask is None:
+        return PairCheck(tuple(problems))
+    if (header.height, header.width) != mask.shape:
+        return PairCheck((Problem("error", str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} differs "
+                                  f"from image size {header.width}x{header.height} ({image_path.name})"),))
+    coverage = float(mask.mean())
+    if coverage == 0.0:
+        problems.append(Problem("warning", str(mask_path), "mask is empty (all zero)"))
+    return PairCheck(tuple(problems), (header.width, header.height), coverage)
 
 
 def split_ids(ids: Sequence[str], split: str, test_fraction: float, seed: int) -> list[int]:

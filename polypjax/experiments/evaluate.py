@@ -99,6 +99,12 @@ def _image_size(e) -> int | None:
     return int(e.image_size) if e.image_size else None
 
 
+def data_sources(config) -> list[tuple[str, str, str]]:
+    e = config.evaluate
+    return ([("evaluate.real", spec, "train") for spec in split_specs(e.real)]
+            + [("evaluate.generated", spec, "all") for spec in split_specs(e.generated)])
+
+
 # --------------------------------------------------------------------------- real statistics cache
 
 def _check_cached_stats(path: pathlib.Path, real_spec: str, image_size, dtype: str) -> None:

@@ -40,6 +40,11 @@ def validate(config) -> None:
         configlib.check_source_spec(g.color_reference, "generate.color_reference")
 
 
+def data_sources(config) -> list[tuple[str, str, str]]:
+    g = config.generate
+    return [("generate.color_reference", g.color_reference, "train")] if g.color_reference else []
+
+
 def reference_index(seed: int, index: int, n: int) -> int:
     """The colour reference frame of pair `index`: fixed by (seed, index), like the pair itself."""
     return int(np.random.default_rng([seed, index]).integers(n))

@@ -19,6 +19,10 @@ def validate(config) -> None:
     train_segmentation.validate(config)
 
 
+def data_sources(config) -> list[tuple[str, str, str]]:
+    return train_segmentation.data_sources(config)
+
+
 def run(config, workdir: pathlib.Path) -> None:
     workdir = pathlib.Path(workdir)
     if not (workdir / "data_report.json").exists():

@@ -10,6 +10,10 @@ def validate(config) -> None:
     diffusion.validate(config)
 
 
+def data_sources(config) -> list[tuple[str, str, str]]:
+    return [("data.train", config.data.train, "train")]
+
+
 def run(config, workdir: pathlib.Path):
     task = diffusion.DiffusionTask(config, workdir)
     return loop.train(task, config, workdir)

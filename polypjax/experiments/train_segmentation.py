@@ -11,6 +11,7 @@ import pathlib
 
 import jax
 
+from polypjax.configlib import split_specs
 from polypjax.data import export
 from polypjax.train import loop
 from polypjax.train import segmentation
@@ -18,6 +19,15 @@ from polypjax.train import segmentation
 
 def validate(config) -> None:
     segmentation.validate(config)
+
+
+def data_sources(config) -> list[tuple[str, str, str]]:
+    """(config field, spec, default split) of every source the run reads (checked before it starts)."""
+    d = config.data
+    out = [] if config.regime.kind == "synthetic" else [("data.train", d.train, "train")]
+    if d.synthetic:
+        out.append(("data.synthetic", d.synthetic, "all"))
+    return out + [("data.test", spec, "test") for spec in split_specs(d.test)]
 
 
 def run(config, workdir: pathlib.Path) -> dict:

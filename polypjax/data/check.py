@@ -1,0 +1,53 @@
+"""The check every task runs on the data sources it will read, before its first step.
+
+Each experiment module says which sources it reads with `data_sources(config) -> [(field, spec,
+default split)]`; `main.run` calls `check_task_sources` right after the config is resolved and
+before anything is written to the workdir. Folders are scanned by `inspect.inspect_folder` (the
+inspector's own code), so a corrupt test image or a non-binary mask stops the run at once with
+one line naming the file, instead of after training.
+"""
+from __future__ import annotations
+
+import logging
+
+from polypjax.data import catalog, inspect, sources
+
+
+def task_sources(config) -> list[tuple[str, str, str]]:
+    from polypjax import tasks
+    fn = getattr(tasks.module(config.task), "data_sources", None)
+    return list(fn(config)) if fn is not None else []
+
+
+def check_task_sources(config, *, progress: bool | None = None) -> list[dict]:
+    """Raises `DataError` (one line: field, file, problem) on the first source with an error.
+
+    Phantom sources are generated, so there is nothing to read; a TFDS source is opened (which
+    fails when it is not prepared) and was checked by these same rules when it was built.
+    Warnings (e.g. empty masks) are logged, one line per source. Returns the folder reports.
+    """
+    reports, seen = [], set()
+    for field, spec, default_split in task_sources(config):
+        s = catalog.parse_spec(spec, default_split)
+        if (s.kind, s.name, s.split) in seen or s.kind == "phantom":
+            continue
+        seen.add((s.kind, s.name, s.split))
+        if s.kind == "tfds":
+            catalog.make_source(spec, config.data, default_split=default_split, seed=config.seed)
+            continue
+        report = inspect.inspect_folder(s.name, progress=progress, split=s.split,
+                                        test_fraction=config.data.test_fraction,
+                                        split_seed=config.data.split_seed)
+        reports.append(report)
+        problems = [sources.Problem(**p) for p in report["problems"]]
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            more = (f" (and {len(errors) - 1} more error(s); see `python -m polypjax.data {s.name}`)"
+                    if len(errors) > 1 else "")
+            raise sources.DataError(f"config.{field}: {errors[0].path}: {errors[0].message}{more}")
+        if report["num_pairs"] == 0:
+            raise sources.DataError(f"config.{field}: {s.name}: no pairs in split {s.split!r}")
+        warnings = [p for p in problems if p.severity == "warning"]
+        if warnings:
+            logging.warning("config.%s: %d warning(s) in %s, e.g. %s", field, len(warnings), s.name, warnings[0])
+    return reports
