@@ -155,9 +155,9 @@ def test_two_files_with_one_stem_are_an_error(tmp_path):
 
 def test_nfc_and_nfd_spellings_pair_with_a_warning(tmp_path):
     name = "polype_\u00e9"  # é, one code point (NFC)
-    root = folder(tmp_path / "kv", {unicodedata.normalize("NFD", name): _square()},
-                  images={name: np.zeros((H, W, 3), np.uint8)})
-    if len(list((root / "images").iterdir())) != 1:
+    root = folder(tmp_path / "kv", {}, images={name: np.zeros((H, W, 3), np.uint8)})
+    _save(root / "masks" / (unicodedata.normalize("NFD", name) + ".png"), _square())
+    if next((root / "masks").iterdir()).stem == name:
         pytest.skip("this file system normalises names itself")
     report = inspect_folder(root)
     assert report["errors"] == 0 and report["num_pairs"] == 1
