@@ -1,5 +1,6 @@
 """Blinded review page and scorer: blinding, errors, hand-computed scores, and the page in Chromium."""
 import json
+import time
 import math
 import pathlib
 import re
@@ -214,6 +215,10 @@ def test_page_in_headless_chromium(folders, tmp_path):
 
         browser.call("Page.reload", page)
         browser.wait_event("Page.loadEventFired")
+        # A load event of the first navigation may still be queued: wait for the reloaded page itself.
+        deadline = time.monotonic() + 20
+        while not text("progress").startswith(f"{len(truth)} of {len(truth)} answered") and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert text("progress").startswith(f"{len(truth)} of {len(truth)} answered")
         assert browser.evaluate(page, "document.getElementById('rater').value") == "Dr Test"
         stored = browser.evaluate(page, f"JSON.parse(localStorage.getItem('polypjax-review/{review.page_id}'))")

@@ -43,6 +43,13 @@ SHARED_DATA = ("train", "test", "image_size", "phantom_train_examples", "phantom
 
 # --------------------------------------------------------------------------- stage configs
 
+def data_sources(config) -> list[tuple[str, str, str]]:
+    """The real training set and every test set, checked before the first stage starts."""
+    from polypjax.configlib import split_specs
+    return [("data.train", config.data.train, "train")] + [
+        ("data.test", spec, "test") for spec in split_specs(config.data.test)]
+
+
 def task_config(name: str, *args) -> ml_collections.ConfigDict:
     """`get_config(*args)` of configs/<name>.py: each stage starts from its task's own defaults."""
     spec = importlib.util.spec_from_file_location(f"polypjax_config_{name}", CONFIGS / f"{name}.py")
