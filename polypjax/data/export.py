@@ -9,9 +9,11 @@ and a restart skips exactly the pairs that are complete. The folder is read back
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import tempfile
+import threading
 
 import numpy as np
 
@@ -44,38 +46,87 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class PairWriter:
-    """Writes pairs to a folder; `done` holds the ids already complete (from an earlier run)."""
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
-    def __init__(self, out_dir: str | pathlib.Path):
+
+def png_complete(path: pathlib.Path) -> bool:
+    """Cheap check that a PNG was not truncated: it exists and ends with its IEND chunk."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 8 + len(PNG_END):
+                return False
+            f.seek(-len(PNG_END), os.SEEK_END)
+            return f.read() == PNG_END
+    except OSError:
+        return False
+
+
+def manifest_paths(out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """`manifest.jsonl` and the per-process `manifest-<k>.jsonl` of a multi-process run."""
+    out_dir = pathlib.Path(out_dir)
+    return sorted(p for p in out_dir.glob("manifest*.jsonl") if p.is_file())
+
+
+def read_manifest_records(out_dir: pathlib.Path) -> list[dict]:
+    """Every valid record of every manifest of a folder; bad lines are skipped with a warning."""
+    records = []
+    for path in manifest_paths(out_dir):
+        complete, _, _ = path.read_text().rpartition("\n")  # a torn last line is not a record
+        for n, line in enumerate(complete.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                logging.warning("%s:%d: skipped a manifest line that is not a JSON object with an id", path, n)
+                continue
+            records.append(record)
+    return records
+
+
+class PairWriter:
+    """Writes pairs to a folder; `done` holds the ids already complete (from an earlier run).
+
+    `manifest` names this writer's manifest (one per process in a multi-process run); `done` is
+    read from all of them, and an entry counts only if both PNGs are complete on disk, so a file
+    damaged under its final name is regenerated. `write` is safe to call from several threads.
+    """
+
+    def __init__(self, out_dir: str | pathlib.Path, manifest: str = "manifest.jsonl"):
         self.out_dir = pathlib.Path(out_dir)
         self.image_dir = self.out_dir / "images"
         self.mask_dir = self.out_dir / "masks"
-        self.manifest = self.out_dir / "manifest.jsonl"
+        self.manifest = self.out_dir / manifest
         for d in (self.image_dir, self.mask_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._trim_torn_line()
         self.done = self._read_manifest()
 
-    def _read_manifest(self) -> dict[str, dict]:
-        done = {}
+    def _trim_torn_line(self) -> None:
         if not self.manifest.exists():
-            return done
+            return
         text = self.manifest.read_text()
         complete, _, torn = text.rpartition("\n")
         if torn:
             # A kill mid-append left a partial last line: drop it so the next append starts clean.
             atomic_write_text(self.manifest, complete + "\n" if complete else "")
-        for line in complete.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if (self.image_dir / f"{record['id']}.png").exists() and \
-                    (self.mask_dir / f"{record['id']}.png").exists():
-                done[record["id"]] = record
+
+    def _read_manifest(self) -> dict[str, dict]:
+        done = {}
+        for record in read_manifest_records(self.out_dir):
+            pid = record["id"]
+            image, mask = self.image_dir / f"{pid}.png", self.mask_dir / f"{pid}.png"
+            if png_complete(image) and png_complete(mask):
+                done[pid] = record
+            elif image.exists() or mask.exists():
+                logging.warning("%s: %s has a damaged or missing PNG; it will be written again", self.out_dir, pid)
         return done
 
-    def write(self, pair_id: str, image: np.ndarray, mask: np.ndarray, **metadata) -> None:
+    def write(self, pair_id: str, image: np.ndarray, mask: np.ndarray, **metadata) -> dict:
         image = np.asarray(image)
         mask = np.asarray(mask)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
@@ -86,11 +137,13 @@ class PairWriter:
         atomic_write_bytes(self.mask_dir / f"{pair_id}.png", encode_png((mask > 0).astype(np.uint8) * 255))
         record = {"id": pair_id, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
                   "mask_fraction": float((mask > 0).mean()), **metadata}
-        with open(self.manifest, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.done[pair_id] = record
+        with self._lock:
+            with open(self.manifest, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.done[pair_id] = record
+        return record
 
 
 def write_source(source, out_dir: str | pathlib.Path, *, progress: bool = True, desc: str | None = None) -> PairWriter:

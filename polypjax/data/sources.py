@@ -414,6 +414,22 @@ def split_ids(ids: Sequence[str], split: str, test_fraction: float, seed: int) -
     return keep
 
 
+def warn_if_incomplete(root: pathlib.Path) -> bool:
+    """Warns when `root` is a generated folder whose run has not finished; True if so."""
+    import json
+    import logging
+    path = pathlib.Path(root) / "generation.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if isinstance(record, dict) and record.get("status") == "incomplete":
+        logging.warning("%s: generated folder is incomplete (%s); its run was interrupted or is still "
+                        "running, rerun `generate` on it to finish", root, record.get("progress", "pairs missing"))
+        return True
+    return False
+
+
 class FolderSource:
     """Pairs from a folder in a Kvasir-SEG or CVC-ClinicDB layout (see module docstring)."""
 
@@ -421,6 +437,7 @@ class FolderSource:
                  split_seed: int = 0, allow_unpaired: bool = False, decode_size: int | None = None):
         self.root = pathlib.Path(root)
         self.layout, self.image_dir, self.mask_dir = detect_layout(self.root)
+        warn_if_incomplete(self.image_dir.parent)
         pairs, problems = list_pairs(self.image_dir, self.mask_dir)
         errors = [p for p in problems if p.severity == "error"]
         if not pairs:

@@ -475,6 +475,8 @@ def repaint_sample(
     var_type: str = "small",
     indices: Optional[jax.Array] = None,
     debug: bool = False,
+    method: str = "ddpm",
+    eta: float = 0.0,
 ) -> jax.Array:
     """RePaint inpainting (Lugmayr et al. 2022, Algorithm 1 with the jump schedule).
 
@@ -486,9 +488,15 @@ def repaint_sample(
     injects the known part at the start of the next reverse step instead; the two differ only in
     that final step. The paper used 250 respaced steps with jump_length = jump_n_sample = 10.
 
+    ``method="ddim"`` replaces the ancestral reverse step by a DDIM step (``eta``): with a respaced
+    schedule of a few tens of steps and a few jumps this is the fast variant. The forward jump uses
+    the respaced schedule's betas, i.e. q(x_{t+1} | x_t) between the kept steps, so it is exact there.
+
     For joint image+mask models, conditioning on a given mask means ``known_x0`` holds the mask in
     its mask channel and ``known_mask`` is 1 on that channel only.
     """
+    if method not in ("ddpm", "ddim"):
+        raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
     known_x0 = known_x0.astype(jnp.float32)
     m = jnp.broadcast_to(jnp.asarray(known_mask, jnp.float32), known_x0.shape)
     n = known_x0.shape[0]
@@ -499,8 +507,12 @@ def repaint_sample(
 
     def down(x, t_last, t_cur, i):
         noise = _normal(keys, _STEP, i, per_example)
-        x_unknown, _ = ddpm_step(model_fn, sched, x, t_last, noise, pred=pred, clip_x0=clip_x0,
-                                 learn_sigma=learn_sigma, var_type=var_type)
+        if method == "ddim":
+            x_unknown, _ = ddim_step(model_fn, sched, x, t_last, noise, eta=eta, pred=pred, clip_x0=clip_x0,
+                                     learn_sigma=learn_sigma)
+        else:
+            x_unknown, _ = ddpm_step(model_fn, sched, x, t_last, noise, pred=pred, clip_x0=clip_x0,
+                                     learn_sigma=learn_sigma, var_type=var_type)
         t_known = jnp.full((n,), jnp.maximum(t_cur, 0), jnp.int32)
         x_known = obj.q_sample(sched, known_x0, t_known, _normal(keys, _KNOWN, i, per_example))
         x_known = jnp.where(t_cur < 0, known_x0, x_known)
