@@ -476,8 +476,8 @@ def run(config, workdir: pathlib.Path) -> dict:
         todo = []
         for j, i in enumerate(local_idx):
             pair = pair_id(int(i))
-            if pair in writer.done or pair in rejected:
-                continue
+            if pair in writer.done or pair in rejected or (quality is None and i >= num):
+                continue  # padding rows of the last batch are not part of the set
             row = {k: v[j] for k, v in inputs.items()}
             image, mask = mode.finish(images[j], masks[j], row)
             extra = dict(meta[j])
