@@ -14,6 +14,7 @@ import pytest
 from polypjax import configlib, main
 from polypjax.data import catalog, export, sources
 from polypjax.experiments import evaluate
+from polypjax.metrics import fid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N = 6
@@ -67,6 +68,11 @@ def _threshold_predictor(image_size, invert=False):
     def predict(images):
         bright = np.asarray(images)[..., :1] > 127
         return np.where(bright != invert, 10.0, -10.0).astype(np.float32)
+
+    def features(images):  # stand-in encoder features: per-image RGB mean and std
+        x = np.asarray(images, np.float32) / 255.0
+        return np.concatenate([x.mean((1, 2)), x.std((1, 2))], axis=-1)
+    predict.features = features
     predict.image_size = image_size
     return predict
 
@@ -104,6 +110,15 @@ def test_without_weights_fid_unavailable_other_metrics_present(folders, tmp_path
     assert "| copy@all | 6 | n/a | n/a |" in md
     assert "FID/KID unavailable: no FID Inception weights file given" in md
     assert "| area_fraction |" in md and "noise@all W1" in md
+    # Segmenter-feature FD/KID with its two baselines, and colour statistics.
+    b = report["segmenter_feature_baselines"]
+    assert "encoder features (6-d)" in b["features"] and b["real_vs_real"]["num_images"] == N // 2
+    assert b["noise"]["fd"] > b["real_vs_real"]["fd"] >= 0
+    assert copy["segmenter_features"]["colour"]["mean_abs_error"] == pytest.approx([0, 0, 0], abs=1e-9)
+    assert max(noise["segmenter_features"]["colour"]["mean_abs_error"]) > 20
+    assert noise["segmenter_features"]["fd"] > copy["segmenter_features"]["fd"]
+    assert "| real vs real (baseline) | 3 |" in md and "| colour-matched noise (baseline) | 3 |" in md
+    assert md.count("| centroid_y |") == 1 and md.count("| centroid_x |") == 1
 
 
 def test_fid_kid_with_weights_and_real_stats_cache(folders, weights, tmp_path):
@@ -149,6 +164,21 @@ def test_frechet_distance_to_features_matches_full_computation(n):
     ref = fid.frechet_distance(mu1, sigma1, gen.astype(np.float32).mean(0),
                                np.cov(gen.astype(np.float32).astype(np.float64), rowvar=False))
     assert got == pytest.approx(ref, rel=1e-8)
+
+
+def test_feature_distances_match_scipy_sqrtm_reference():
+    import scipy.linalg
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(40, 5)) @ rng.normal(size=(5, 5))
+    gen = rng.normal(0.5, 1.5, size=(30, 5))
+    mu1, mu2 = ref.mean(0), gen.mean(0)
+    s1, s2 = np.cov(ref, rowvar=False), np.cov(gen, rowvar=False)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    got = evaluate.feature_distances(ref, gen, kid_subsets=5, kid_subset_size=20, seed=0)
+    assert got["fd"] == pytest.approx(expected, rel=1e-8)
+    same = evaluate.feature_distances(ref, ref, kid_subsets=5, kid_subset_size=20, seed=0)
+    assert same["fd"] == pytest.approx(0.0, abs=1e-8)
+    assert got["kid"]["mean"] == pytest.approx(fid.kid(ref, gen, num_subsets=5, subset_size=20, seed=0)[0])
 
 
 def test_label_consistency_with_stand_in_segmenter():

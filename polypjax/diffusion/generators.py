@@ -93,6 +93,7 @@ class Generator:
         self.pred = d.pred
         self.learn_sigma = bool(config.model.learn_sigma)
         self.image_size = int(config.data.image_size)
+        self.min_snr_gamma = float(d.get("min_snr_gamma", 0.0))
 
     def _unet_loss(self, model: ADMUNet, params, x0, rng, cond=None):
         drop_rng, loss_rng = jax.random.split(rng)
@@ -101,7 +102,7 @@ class Generator:
             return model.apply({"params": p}, x_t, t, c, train=True, rngs={"dropout": drop_rng})
 
         return objectives.training_loss(apply_fn, params, self.sched, x0, loss_rng, pred=self.pred,
-                                        learn_sigma=self.learn_sigma, cond=cond)
+                                        learn_sigma=self.learn_sigma, cond=cond, min_snr_gamma=self.min_snr_gamma)
 
     def _model_fn(self, model: ADMUNet, params, cond=None):
         return lambda x, t: model.apply({"params": params}, x, t, cond, train=False).astype(jnp.float32)

@@ -163,12 +163,15 @@ def training_loss(
     cond: Optional[jax.Array] = None,
     t: Optional[jax.Array] = None,
     noise: Optional[jax.Array] = None,
+    min_snr_gamma: float = 0.0,
 ) -> dict[str, jax.Array]:
     """Per-example diffusion loss for one uniformly drawn timestep per example.
 
     ``apply_fn(params, x_t, timesteps, cond)`` returns the model output (float32, channels last;
     ``2 * C`` channels when ``learn_sigma``). Dropout rngs and ``train=True`` are the caller's to
-    close over. ``t`` and ``noise`` override the random draws (for tests).
+    close over. ``t`` and ``noise`` override the random draws (for tests). ``min_snr_gamma`` > 0
+    weights the MSE by Hang et al.'s (2023) min-SNR-gamma rule, expressed for the chosen target:
+    min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0.
 
     Returns a dict of [N] arrays: ``loss`` (= mse + vb), ``mse``, ``vb`` (zeros unless
     ``learn_sigma``) and ``t``.
@@ -198,6 +201,10 @@ def training_loss(
     else:
         target = v_target(sched, x0, t, noise)
     mse = mean_flat((target - out) ** 2)
+    if min_snr_gamma > 0:
+        snr = sched.alphas_cumprod[t] / (1.0 - sched.alphas_cumprod[t])
+        clipped = jnp.minimum(snr, min_snr_gamma)
+        mse = mse * {"eps": clipped / snr, "v": clipped / (snr + 1.0), "x0": clipped}[pred]
 
     if learn_sigma:
         # The VLB only trains the variance: the mean output is frozen, as in guided-diffusion.

@@ -278,6 +278,76 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
     return out
 
 
+def segmenter_scan(source, predict, image_size: int, batch_size: int, name: str = ""):
+    """One pass at the segmenter's size: its pooled encoder features [N, C] and the per-channel
+    colour mean/std of the images (0-255 levels)."""
+    feats, total, total_sq, pixels = [], np.zeros(3), np.zeros(3), 0
+    ds = pipeline.eval_dataset(source, image_size=image_size, global_batch_size=batch_size)
+    for local in _progress(ds, total=pipeline.num_eval_batches(source, batch_size), desc=f"{name} features",
+                           unit="batch"):
+        valid = np.asarray(local["valid"]).astype(bool)
+        feats.append(np.asarray(predict.features(local["image"]))[valid])
+        x = np.asarray(local["image"], np.float64)[valid].reshape(-1, 3)
+        total, total_sq, pixels = total + x.sum(0), total_sq + (x * x).sum(0), pixels + len(x)
+    mean = total / pixels
+    colour = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(total_sq / pixels - mean**2, 0)).tolist()}
+    return np.concatenate(feats), colour
+
+
+def feature_distances(reference: np.ndarray, features: np.ndarray, *, kid_subsets: int, kid_subset_size: int,
+                      seed: int) -> dict:
+    """Fréchet distance and KID of `features` to `reference` (metrics/fid.py's maths)."""
+    mu, sigma = reference.mean(0), np.cov(reference, rowvar=False)
+    mean, std = fid.kid(reference, features, num_subsets=kid_subsets,
+                        subset_size=min(kid_subset_size, len(reference), len(features)), seed=seed)
+    return {"fd": fid.frechet_distance(mu, np.atleast_2d(sigma), features.mean(0),
+                                       np.atleast_2d(np.cov(features, rowvar=False))),
+            "kid": {"mean": mean, "std": std}}
+
+
+def matched_noise_source(colour: dict, n: int, size: int, seed: int) -> list:
+    """`n` frames of Gaussian noise with the real per-channel colour mean/std (the far baseline)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(colour["mean"], colour["std"], (n, size, size, 3))
+    images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    return [{"image": im, "mask": np.zeros((size, size), np.uint8)} for im in images]
+
+
+def segmenter_feature_report(real_source, generated: list, predict, *, batch_size: int, kid_subsets: int,
+                             kid_subset_size: int, seed: int) -> tuple[dict, list[dict]]:
+    """Segmenter-feature FD/KID and colour statistics with their two baselines.
+
+    The real set is split in two seeded halves: half B is the reference every set is compared
+    with; half A against B is the real-vs-real value (what a perfect generator scores, sampling
+    noise included), and Gaussian noise with the real per-channel colour statistics (as many
+    frames as half A) against B the value of a generator that only learnt the colours.
+    Returns (baselines with the real colour statistics, one {fd, kid, colour} per generated set).
+    """
+    size = int(predict.image_size)
+    real_feats, real_colour = segmenter_scan(real_source, predict, size, batch_size, name="real")
+    if len(real_feats) < 4:
+        raise sources.DataError(f"the real set has {len(real_feats)} pairs; segmenter features need at least 4")
+    order = np.random.default_rng(seed).permutation(len(real_feats))
+    half_a, half_b = real_feats[order[: len(order) // 2]], real_feats[order[len(order) // 2:]]
+    dist = functools.partial(feature_distances, half_b, kid_subsets=kid_subsets,
+                             kid_subset_size=kid_subset_size, seed=seed)
+    noise_feats, _ = segmenter_scan(matched_noise_source(real_colour, len(half_a), size, seed), predict, size,
+                                    batch_size, name="colour-matched noise")
+    baselines = {
+        "features": f"average-pooled deepest encoder features ({real_feats.shape[1]}-d) of the real-trained "
+                    f"segmenter at {size} px; reference: a seeded half of the real set ({len(half_b)} images)",
+        "real_vs_real": {**dist(half_a), "num_images": len(half_a)},
+        "noise": {**dist(noise_feats), "num_images": len(noise_feats)},
+        "real_colour": real_colour,
+    }
+    results = []
+    for name, source in generated:
+        feats, colour = segmenter_scan(source, predict, size, batch_size, name=name)
+        colour["mean_abs_error"] = np.abs(np.subtract(colour["mean"], real_colour["mean"])).tolist()
+        results.append({**dist(feats), "colour": colour})
+    return baselines, results
+
+
 def load_segmenter(workdir):
     """The real-trained segmenter of a train_segmentation workdir (imported only when asked for)."""
     from polypjax.train.segmentation import load_segmenter as load
@@ -379,10 +449,18 @@ def run(config, workdir: pathlib.Path) -> dict:
         r["label_consistency"] = (label_consistency(source, predict, int(predict.image_size), e.batch_size,
                                                     mesh, name=name) if predict is not None else None)
         results.append(r)
+    seg_baselines = None
+    if predict is not None:
+        seg_baselines, seg = segmenter_feature_report(
+            real_source, [(n, s) for n, _, s in generated], predict, batch_size=e.batch_size,
+            kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size, seed=config.seed)
+        for r, f in zip(results, seg):
+            r["segmenter_features"] = f
 
     report = _clean({
         "real": real,
         "generated": results,
+        "segmenter_feature_baselines": seg_baselines,
         "fid_unavailable_reason": reason,
         "kid_unavailable_reason": kid_reason,
         "label_consistency_unavailable_reason": None if predict is not None else
@@ -406,6 +484,35 @@ def run(config, workdir: pathlib.Path) -> dict:
 
 def _num(v, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _rgb(v, digits: int = 1) -> str:
+    return "/".join(f"{x:.{digits}f}" for x in v)
+
+
+def _segmenter_feature_lines(report: dict) -> list[str]:
+    b = report.get("segmenter_feature_baselines")
+    if not b:
+        return []
+    lines = ["", "## Segmenter features and colour", "",
+             f"Features: {b['features']}. Fréchet distance (FD) and KID to that reference, beside two "
+             "baselines that give them a scale: the other half of the real set (real vs real) and Gaussian "
+             "noise with the real per-channel colour mean/std. A good generator is near the first, far "
+             "from the second. Colour: per-channel RGB mean and std in 0-255 levels over all pixels.", "",
+             "| set | images | segmenter FD | segmenter KID (mean ± std) | RGB mean | RGB std | mean error |",
+             "|---|---|---|---|---|---|---|"]
+    rc = b["real_colour"]
+    for name, r in (("real vs real (baseline)", b["real_vs_real"]), ("colour-matched noise (baseline)", b["noise"])):
+        lines.append(f"| {name} | {r['num_images']} | {_num(r['fd'], 3)} | {r['kid']['mean']:.4f} ± "
+                     f"{r['kid']['std']:.4f} | – | – | – |")
+    lines.append(f"| {REAL_ROW} | {report['real']['num_images']} | – | – | {_rgb(rc['mean'])} | {_rgb(rc['std'])} | – |")
+    for r in report["generated"]:
+        f = r.get("segmenter_features")
+        if f:
+            c = f["colour"]
+            lines.append(f"| {r['name']} | {r['num_images']} | {_num(f['fd'], 3)} | {f['kid']['mean']:.4f} ± "
+                         f"{f['kid']['std']:.4f} | {_rgb(c['mean'])} | {_rgb(c['std'])} | {_rgb(c['mean_abs_error'])} |")
+    return lines
 
 
 def markdown_report(report: dict) -> str:
@@ -439,6 +546,7 @@ def markdown_report(report: dict) -> str:
             lines.append(f"{what}: {report[key]}.")
     if report.get("kid_unavailable_reason") and not report.get("fid_unavailable_reason"):
         lines.append(f"KID unavailable: {report['kid_unavailable_reason']}.")
+    lines += _segmenter_feature_lines(report)
     columns = {"real mean": real["mask_statistics"]}
     for r in report["generated"]:
         columns[f"{r['name']} mean"] = r["mask_statistics"]

@@ -16,6 +16,10 @@ Models (``create_model(name, **kwargs)``):
 
 H and W must be multiples of the model's ``size_factor`` (its total downsampling); any other size
 raises ValueError rather than silently cropping or padding feature maps.
+
+Every model also sows its deepest encoder feature map (the UNets' bottleneck, the ResNet's last
+stage) as ``intermediates/encoder``; :func:`encoder_features` returns it average-pooled, [N, C]:
+a feature space learnt on polyp frames, for Fréchet distances that need no downloaded network.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ Dtype = Any
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here), so models behave like the smp ones.
 _BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
+ENCODER = "encoder"  # name of the sown deepest encoder feature map
 
 
 def _check_size(x: jax.Array, factor: int, name: str) -> None:
@@ -139,6 +144,7 @@ class UNet(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             x = DoubleConv(f, dtype=self.dtype)(x, train)
             skips.append(x)
+        self.sow("intermediates", ENCODER, x)
         for f, skip in zip(reversed(self.features[:-1]), reversed(skips[:-1])):
             x = _up_conv(f, self.dtype)(x)
             x = DoubleConv(f, dtype=self.dtype)(jnp.concatenate([skip, x], axis=-1), train)
@@ -179,6 +185,7 @@ class UNetPlusPlus(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             x = DoubleConv(f, dtype=self.dtype, name=f"X_{i}_0")(x, train)
             nodes[i].append(x)
+        self.sow("intermediates", ENCODER, x)
         for j in range(1, depth + 1):
             for i in range(depth + 1 - j):
                 up = _up_conv(self.features[i], self.dtype)(nodes[i + 1][j - 1])
@@ -260,6 +267,7 @@ class ResUNet34(nn.Module):
         feats = ResNetEncoder(
             self.stage_features, self.stage_blocks, self.stem_features, dtype=self.dtype, name="encoder"
         )(x, train)
+        self.sow("intermediates", ENCODER, feats[-1])
         # Deepest first; the last decoder block (back to full resolution) has no skip.
         x, skips = feats[-1], feats[-2::-1] + [None]
         for d, (ch, skip) in enumerate(zip(self.decoder_channels, skips)):
@@ -323,6 +331,7 @@ class DeepLabV3Plus(nn.Module):
             dtype=self.dtype, name="encoder",
         )(x, train)
         high, low = feats[-1], feats[1]
+        self.sow("intermediates", ENCODER, high)
         c = self.decoder_channels
         branches = [ConvBNAct(c, 1, dtype=self.dtype, name="aspp_1x1")(high, train)]
         for r in self.atrous_rates:
@@ -373,3 +382,10 @@ def input_multiple(model: nn.Module) -> int:
 def count_params(params) -> int:
     """Number of trainable scalars (BatchNorm running statistics live in batch_stats, not here)."""
     return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
+def encoder_features(model: nn.Module, variables: dict, x: jax.Array) -> jax.Array:
+    """Average-pooled deepest encoder features [N, C] (float32) of ``model`` in inference mode."""
+    _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    (fmap,) = state["intermediates"][ENCODER]
+    return jnp.mean(fmap.astype(jnp.float32), axis=(1, 2))

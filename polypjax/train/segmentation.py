@@ -236,7 +236,8 @@ def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
     """A trained segmenter from a `train_segmentation` workdir, for inference on uint8 images.
 
     Returns `predict(images uint8 [N,H,W,3]) -> logits float32 [N,H,W,1]` (images must already be
-    at `predict.image_size`, the size it was trained at), with `predict.config` the run's config.
+    at `predict.image_size`, the size it was trained at), with `predict.config` the run's config and
+    `predict.features(images) -> [N, C]` the average-pooled deepest encoder features.
     """
     config, restored = loop.restore_run(workdir, "train_segmentation")
     if use_ema is None:
@@ -251,9 +252,15 @@ def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
         logits = model.apply({"params": params, **model_state}, image, train=False)
         return (logits[-1] if logits.ndim == 5 else logits).astype(jnp.float32)
 
+    @jax.jit
+    def _features(images):
+        image, _ = preprocess({"image": images, "mask": jnp.zeros(images.shape[:3], jnp.uint8)}, model.dtype)
+        return segmenters.encoder_features(model, {"params": params, **model_state}, image)
+
     def predict(images):
         return _predict(jnp.asarray(images))
 
+    predict.features = lambda images: _features(jnp.asarray(images))
     predict.image_size = int(config.data.image_size)
     predict.config = config
     return predict
