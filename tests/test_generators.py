@@ -157,7 +157,7 @@ def test_generate_config_errors(tmp_path):
     c = _generate_config(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     c.generate.num_samples = 0
-    with pytest.raises(configlib.ConfigError, match="num_samples must be a positive integer"):
+    with pytest.raises(configlib.ConfigError, match=r"num_samples must be >= 1, a finite integer"):
         main.run(c, str(tmp_path / "out"))
 
 
