@@ -36,4 +36,6 @@ def get_config():
                      "protocols": ("paper",)},
         "overrides": {"data": {"batch_size": 16}, "train": {"num_steps": 200, "checkpoint_every": 100,
                                                             "log_every": 25}}})
+    # A blinded real-vs-synthetic page of the first generator's pairs (polypjax.review), linked from the report.
+    config.review = ml_collections.ConfigDict({"enabled": True, "n": 20, "seed": 0, "show_masks": True})
     return config

@@ -219,6 +219,51 @@ def _subset_folder(workdir: pathlib.Path, config, n: int) -> pathlib.Path:
     return out
 
 
+def _real_folder(workdir: pathlib.Path, config) -> pathlib.Path:
+    """The real training pairs as a folder: the configured one, or data/real written once (phantom, TFDS)."""
+    from polypjax.data import catalog
+    spec = catalog.parse_spec(config.data.train, default_split="train")
+    if spec.kind == "folder" and spec.split == "all":
+        return pathlib.Path(spec.name)
+    out = workdir / "data" / "real"
+    done = out / "source.json"
+    key = {"train": config.data.train, "seed": config.seed, "image_size": config.data.image_size}
+    if not (done.exists() and json.loads(done.read_text()) == key):
+        if out.exists():
+            shutil.rmtree(out)
+        real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
+        export.write_source(real, out, desc="real training pairs for the review page")
+        export.atomic_write_text(done, json.dumps(key) + "\n")
+    return out
+
+
+def make_review_page(workdir: pathlib.Path, config, generated: dict) -> dict:
+    """review/: the blinded real-vs-synthetic page of the first generator's pairs (polypjax.review);
+    its key stays beside it, outside the page. Rebuilt only when its settings changed."""
+    from polypjax.review.page import make_review
+    r = config.review
+    g = list(config.generators)[0]
+    out = workdir / "review"
+    settings = {"generator": g, "n": int(r.n), "seed": int(r.seed), "show_masks": bool(r.show_masks),
+                "generated": stages_fingerprint(generated[g])}
+    record = out / "review_settings.json"
+    if not (record.exists() and json.loads(record.read_text()) == settings):
+        print("[pipeline] stage review: blinded real-vs-synthetic page", flush=True)
+        page = make_review(_real_folder(workdir, config), generated[g], out, n=int(r.n), seed=int(r.seed),
+                           show_masks=bool(r.show_masks), force=True)
+        export.atomic_write_text(record, json.dumps(settings) + "\n")
+        page_id = page.page_id
+    else:
+        page_id = json.loads((out / "review_key.json").read_text()).get("page_id")
+    return {"page": "review/review.html", "key": "review/review_key.json", "generator": g,
+            "n": int(r.n), "page_id": page_id}
+
+
+def stages_fingerprint(stage_dir: pathlib.Path) -> str | None:
+    path = pathlib.Path(stage_dir) / "stage.json"
+    return json.loads(path.read_text()).get("fingerprint") if path.exists() else None
+
+
 def validate(config) -> None:
     s = config.segmentation
     if not config.generators:
@@ -313,8 +358,10 @@ def run(config, workdir: pathlib.Path) -> dict:
                             segment(model, regime, n, seed, generator=name, protocol=protocol, train=str(subset),
                                     synthetic=source, upstream=(f"generated/{name}",), fraction=r / (1.0 + r))
 
+    review = make_review_page(workdir, config, generated) if config.get("review", {}).get("enabled") else None
+
     # 6. the report (always rebuilt: it is cheap and reads only finished stages).
     print("[pipeline] stage report", flush=True)
     summary = {"config": config.to_dict(), "num_real_train": n_real, "runs": runs,
-               "stages": stages.records, "generators": list(config.generators)}
+               "stages": stages.records, "generators": list(config.generators), "review": review}
     return report.write(workdir, summary)

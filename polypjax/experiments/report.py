@@ -277,6 +277,14 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
                      "GFLOP = XLA cost analysis of one step × steps.", compute_table(summary["stages"]),
                      ["training_loss.png"]))
 
+    review = summary.get("review")
+    if review:
+        sections.append(("Blinded review page",
+                         f"../{review['page']}: {review['n']} shuffled real and {review['generator']} frames "
+                         f"for a clinician to rate (open it in a browser; answers are exported as JSON). The key "
+                         f"is ../{review['key']}, kept out of the page; score with `python -m polypjax.review "
+                         f"score --key {review['key']} --answers ANSWERS.json`.", None, []))
+
     for name, data in figs.items():
         export.atomic_write_bytes(out / "figures" / name, data)
     buf = io.StringIO()
