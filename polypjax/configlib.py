@@ -24,8 +24,10 @@ def data_config(image_size: int = 128, batch_size: int = 16) -> ml_collections.C
     d.test = "phantom-a,phantom-b"  # comma-separated: in-domain and external test sets
     d.image_size = image_size
     d.batch_size = batch_size  # global, over all devices and processes
-    d.eval_batch_size = d.get_ref("batch_size")
-    d.phantom_size = d.get_ref("image_size")  # phantom frames are rendered at this size
+    # A derived reference (x * 1), not the field itself: it follows batch_size until it is set, and
+    # setting it does not write through to batch_size (a plain get_ref would).
+    d.eval_batch_size = d.get_ref("batch_size") * 1
+    d.phantom_size = d.get_ref("image_size") * 1  # phantom frames are rendered at this size
     d.phantom_train_examples = 1000
     d.phantom_test_examples = 200
     d.test_fraction = 0.1  # folder datasets without an official split: seeded hash split

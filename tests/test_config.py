@@ -130,3 +130,11 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     error_lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], out.stderr[-2000:]
+
+
+def test_derived_fields_follow_until_set_and_never_write_back():
+    d = configlib.data_config(image_size=32, batch_size=16)
+    d.batch_size, d.image_size = 8, 48
+    assert (d.eval_batch_size, d.phantom_size) == (8, 48)  # they follow
+    d.eval_batch_size, d.phantom_size = 4, 64
+    assert (d.batch_size, d.image_size) == (8, 48)  # setting them leaves their sources alone
