@@ -81,6 +81,26 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert max(steps) == 4
 
 
+def test_non_finite_parameters_under_a_finite_loss_stop_too(tmp_path):
+    class NanGradTask(loop_toy.ToyTask):
+        def loss(self, params, model_state, batch, rng):
+            loss, aux = super().loss(params, model_state, batch, rng)
+            if self._nan:  # value 0, gradient 0 * inf = nan: the loss stays finite, the parameters do not
+                k = params["Conv_0"]["kernel"]
+                loss = loss + 0.0 * jnp.sqrt(0.0 * jnp.sum(k))
+            return loss, aux
+
+    cfg = loop_toy.config(10)
+    task = NanGradTask(cfg)
+    task._nan = False
+    loop.train(task, loop_toy.config(4), tmp_path)
+    task._nan = True
+    with pytest.raises(loop.NonFiniteLossError, match=r"parameters are not finite at step 5.*\(step 4\)"):
+        loop.train(task, cfg, tmp_path)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert max(steps) == 4
+
+
 def test_writer_falls_back_without_tensorflow(tmp_path):
     code = f"""
 import sys

@@ -32,6 +32,9 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+_PARAMS_FINITE = "params_finite"  # step metric read by the guard, not logged
+
+
 class Task(Protocol):
     def init(self, rng: jax.Array, batch: dict) -> tuple[Any, Any]:
         """-> (params, model_state) for an example batch."""
@@ -52,7 +55,9 @@ def make_train_step(loss_fn: Callable):
         (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, batch, rng)
         new_state = state.apply_gradients(grads, model_state)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                   # A finite loss can still give non-finite gradients (and so parameters): checked too.
+                   _PARAMS_FINITE: jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(new_state.params)]))}
         return new_state, metrics
     return train_step
 
@@ -149,10 +154,12 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
 
     def check(step, metrics):
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(host["loss"]):
+        params_finite = host.pop(_PARAMS_FINITE, 1.0) > 0
+        if not math.isfinite(host["loss"]) or not params_finite:
             mngr.wait_until_finished()
+            what = f"loss is {host['loss']}" if not math.isfinite(host["loss"]) else "parameters are not finite"
             raise NonFiniteLossError(
-                f"loss is {host['loss']} at step {step}: stopping; the last good checkpoint "
+                f"{what} at step {step}: stopping; the last good checkpoint "
                 f"(step {mngr.latest_step()}) in {mngr.directory} is kept. Lower optim.learning_rate or "
                 "set optim.grad_clip.")
         for k, v in host.items():
