@@ -101,6 +101,19 @@ def test_non_finite_parameters_under_a_finite_loss_stop_too(tmp_path):
     assert max(steps) == 4
 
 
+def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+    cfg = loop_toy.config(6)
+    fresh = loop_toy.params_digest(loop.train(loop_toy.ToyTask(cfg), cfg, tmp_path / "fresh"))
+    wd = tmp_path / "run"
+    loop.train(loop_toy.ToyTask(loop_toy.config(4)), loop_toy.config(4), wd)  # checkpoints at 2 and 4
+    for f in (wd / "checkpoints" / "4" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    resumed = loop.train(loop_toy.ToyTask(cfg), cfg, wd)
+    assert "checkpoint step 4" in caplog.text and "cannot be restored" in caplog.text
+    assert loop_toy.params_digest(resumed) == fresh  # resumed exactly from step 2
+
+
 def test_writer_falls_back_without_tensorflow(tmp_path):
     code = f"""
 import sys

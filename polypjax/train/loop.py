@@ -123,6 +123,24 @@ def _restore(mngr, step, state, shardings, data_iter):
     return restored.state
 
 
+def _restore_latest_good(mngr, state, shardings, data_iter):
+    """(step, state) of the newest checkpoint that restores; a corrupt one (a disk that failed, a
+    file edited by hand) is reported, removed so the run can save that step again, and the one
+    before it is used."""
+    from polypjax.configlib import ConfigError
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            restored = _restore(mngr, step, state, shardings, data_iter)
+        except Exception as e:  # orbax / tensorstore raise many types for damaged files
+            logging.warning("checkpoint step %d in %s cannot be restored (%s: %s); removing it and "
+                            "trying the one before", step, mngr.directory, type(e).__name__, str(e)[:200])
+            mngr.delete(step)
+            continue
+        logging.info("resumed from %s at step %d", mngr.directory, step)
+        return int(step), restored
+    raise ConfigError(f"{mngr.directory}: no checkpoint can be restored; delete the folder to start afresh")
+
+
 def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     """Runs (or resumes) `config.train.num_steps` steps of `task`; returns the final state."""
     workdir = pathlib.Path(workdir)
@@ -141,9 +159,7 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     mngr = checkpoint_manager(workdir, config)
     start = 0
     if mngr.latest_step() is not None:
-        start = int(mngr.latest_step())
-        state = _restore(mngr, start, state, shardings, data_iter)
-        logging.info("resumed from %s at step %d", mngr.directory, start)
+        start, state = _restore_latest_good(mngr, state, shardings, data_iter)
     writer = writers_lib.make_writer(workdir, is_main_process=jax.process_index() == 0)
     if start == 0:
         writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
