@@ -146,3 +146,25 @@ def test_tap_gradient_memory_stays_near_xla():
                                ("xla", lax.conv_general_dilated))}
     one_copy = 2 * 34 * 34 * 32 * 4
     assert temp["taps"] <= temp["xla"] + 2 * one_copy, temp
+
+
+def test_native_cache_refuses_unsafe_folders_and_foreign_libraries(tmp_path, monkeypatch):
+    import os
+
+    from polypjax.native import onednn
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("POLYPJAX_NATIVE_CACHE", str(shared))
+    with pytest.raises(onednn.NativeUnavailable, match="writable by group or others"):
+        onednn._safe_cache_dir()
+    own = tmp_path / "own"
+    monkeypatch.setenv("POLYPJAX_NATIVE_CACHE", str(own))
+    assert onednn._safe_cache_dir() == own and (own.stat().st_mode & 0o777) == 0o700
+    lib = own / "polypjax_onednn_abc.so"
+    lib.write_bytes(b"\x7fELF built")
+    assert not onednn._verified(lib, "abc")  # no sidecar: not known to be ours
+    onednn._write_sidecar(lib, "abc")
+    assert onednn._verified(lib, "abc") and not onednn._verified(lib, "other-build")
+    lib.write_bytes(b"\x7fELF swapped")  # replaced after the build
+    assert not onednn._verified(lib, "abc")

@@ -3,7 +3,8 @@
 The library is compiled once per (source, oneDNN, jaxlib, compiler) with the system C++ compiler
 into a user cache folder (``$POLYPJAX_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/polypjax/native``),
 written under a temporary name and renamed, so concurrent first uses and killed builds never leave
-a half-written library behind. Anything missing (no wheel on this platform, no compiler, a failed
+a half-written library behind. Only a library this source built is loaded (a sidecar records its
+build key and sha256), and only from a folder owned by the user and not writable by others. Anything missing (no wheel on this platform, no compiler, a failed
 build) raises ``NativeUnavailable`` with the reason; ``available()`` turns that into one warning
 and ``False`` so callers fall back to XLA's kernels.
 """
@@ -73,10 +74,13 @@ def build() -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\n".join([_SOURCE.read_text(), *flags, version, jax.__version__,
                                     str(lib.stat().st_size)]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"polypjax_onednn_{key}.so"
+    directory = _safe_cache_dir()
+    out = directory / f"polypjax_onednn_{key}.so"
     if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+        if _verified(out, key):
+            return out
+        logging.warning("%s is not the library this source built (no or a different %s); rebuilding it",
+                        out, _sidecar(out).name)
     logging.info("building the oneDNN convolution kernels (first use, a few seconds): %s", out)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
@@ -85,10 +89,56 @@ def build() -> Path:
         if proc.returncode != 0:
             raise NativeUnavailable(f"building {_SOURCE.name} failed:\n{proc.stderr[-3000:]}")
         os.replace(tmp, out)
+        _write_sidecar(out, key)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def _safe_cache_dir() -> Path:
+    """The cache folder, created private if missing. A library is code this process will run, so
+    one from a folder that another user owns or may write into is never loaded."""
+    d = cache_dir()
+    if not d.exists():
+        d.mkdir(parents=True, mode=0o700, exist_ok=True)
+    st = d.stat()
+    if st.st_uid != os.getuid():
+        raise NativeUnavailable(f"refusing the native cache {d}: owned by uid {st.st_uid}, not by this user "
+                                f"(uid {os.getuid()}); set POLYPJAX_NATIVE_CACHE to a folder of your own")
+    if st.st_mode & 0o022:
+        raise NativeUnavailable(f"refusing the native cache {d}: writable by group or others "
+                                f"(mode {st.st_mode & 0o777:o}); chmod go-w it or set POLYPJAX_NATIVE_CACHE")
+    return d
+
+
+def _sidecar(lib: Path) -> Path:
+    return lib.with_suffix(".sha256")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_sidecar(lib: Path, key: str) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".sha256", dir=lib.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{key} {_digest(lib)}\n")
+    os.replace(tmp, _sidecar(lib))
+
+
+def _verified(lib: Path, key: str) -> bool:
+    """Whether `lib` is, byte for byte, what this source's build wrote (its sidecar records the build
+    key and the library's sha256), and is ours and not writable by others."""
+    side = _sidecar(lib)
+    try:
+        st = lib.stat()
+        recorded = side.read_text().split()
+    except OSError:
+        return False
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return False
+    return recorded == [key, _digest(lib)]
 
 
 @functools.cache
