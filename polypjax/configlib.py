@@ -131,6 +131,19 @@ def check_source_spec(spec: str, field: str) -> None:
         raise ConfigError(f"config.{field}: {e}") from None
 
 
+def check_no_comma_folder(value: str, field: str) -> None:
+    """A comma separates the sources of a list field, so a folder whose path holds one cannot be named
+    there: say so instead of reporting two folders that do not exist."""
+    import pathlib
+    pieces = [p.strip() for p in str(value).split(",")]
+    for i in range(len(pieces)):
+        for j in range(i + 2, len(pieces) + 1):
+            joined = ",".join(pieces[i:j]).rsplit("@", 1)
+            if any(pathlib.Path(c).expanduser().is_dir() for c in {",".join(pieces[i:j]), joined[0]}):
+                raise ConfigError(f"config.{field}: folder {','.join(pieces[i:j])!r} has a ',' in its path, but "
+                                  "',' separates sources in this field; rename it or give a symlink without one")
+
+
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validates the config (after overrides) and returns a locked copy with references resolved."""
     from polypjax import tasks
@@ -149,6 +162,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         check_number(config, "data.split_seed", 0, integer=True)
         check_number(config, "data.worker_count", 0, integer=True)
         for field in ("train", "test"):
+            check_no_comma_folder(d[field], f"data.{field}")
             for spec in split_specs(d[field]):
                 check_source_spec(spec, f"data.{field}")
         if any(s.startswith("phantom-") for f in ("train", "test") for s in split_specs(d[f])):

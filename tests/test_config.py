@@ -138,3 +138,27 @@ def test_derived_fields_follow_until_set_and_never_write_back():
     assert (d.eval_batch_size, d.phantom_size) == (8, 48)  # they follow
     d.eval_batch_size, d.phantom_size = 4, 64
     assert (d.batch_size, d.image_size) == (8, 48)  # setting them leaves their sources alone
+
+
+def test_folder_names_with_at_sign_work_and_with_comma_are_refused_clearly(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from polypjax.data import catalog
+    at = tmp_path / "kvasir@v2"
+    for sub in ("images", "masks"):
+        (at / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(at / "images" / "a.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(at / "masks" / "a.png")
+    assert catalog.parse_spec(str(at), "train") == catalog.Spec("folder", str(at), "train")
+    assert catalog.parse_spec(f"{at}@all", "train") == catalog.Spec("folder", str(at), "all")
+    comma = tmp_path / "a,b"
+    comma.mkdir()
+    c = configlib.base_config("prepare_data")
+    for value in (str(comma), f"phantom-a,{comma}@test"):
+        with pytest.raises(configlib.ConfigError, match=r"has a ',' in its path"):
+            configlib.check_no_comma_folder(value, "data.test")
+    configlib.check_no_comma_folder("phantom-a,phantom-b", "data.test")  # an ordinary list passes
+    c.data.test = str(comma)
+    with pytest.raises(configlib.ConfigError, match=r"config.data.test: folder .* has a ','"):
+        configlib.resolve(c)

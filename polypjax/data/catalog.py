@@ -24,10 +24,12 @@ def parse_spec(spec: str, default_split: str) -> Spec:
     if not text:
         raise ValueError("empty data source spec")
     split = default_split
-    if "@" in text:
+    # A folder whose own name holds "@" is read as that folder; "@split" is taken only from the end.
+    if "@" in text and not pathlib.Path(text).expanduser().is_dir():
         text, split = text.rsplit("@", 1)
         if split not in SPLITS:
-            raise ValueError(f"source {spec!r}: split {split!r} is not one of {SPLITS}")
+            raise ValueError(f"source {spec!r}: split {split!r} is not one of {SPLITS} (a source is "
+                             "NAME or NAME@SPLIT; a folder path may contain '@' only if it exists)")
     if text in phantom.DOMAINS:
         if split == "all":
             raise ValueError(f"source {spec!r}: phantom data has 'train' and 'test' splits")
