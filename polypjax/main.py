@@ -59,6 +59,28 @@ def main(argv) -> None:
     except (ConfigError, DataError, NonFiniteLossError) as e:
         logging.shutdown()
         sys.exit(f"error: {e}")
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        logging.shutdown()
+        sys.exit(f"error: no space left on the disk of {_WORKDIR.value} ({type(e).__name__}); free some and "
+                 "rerun the same command: it resumes from the last complete checkpoint, which is kept")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` (or one it was raised from) says the disk is full. The writers differ: Python
+    raises OSError(ENOSPC), TensorBoard's event writer ResourceExhaustedError, tensorstore (orbax) a
+    ValueError quoting the OS message."""
+    import errno
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if type(error).__name__ == "ResourceExhaustedError" or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _one_line(message: str) -> str:

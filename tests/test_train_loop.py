@@ -131,3 +131,29 @@ print("OK", int(state.step))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK 4" in out.stdout
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+def test_disk_full_keeps_the_last_checkpoint_and_the_same_run_resumes(tmp_path):
+    """On a real full filesystem (a 4 MiB tmpfs; needs root, as CI has)."""
+    from polypjax import main
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        cfg = loop_toy.config(4)
+        fresh = loop_toy.params_digest(loop.train(loop_toy.ToyTask(cfg), cfg, tmp_path / "fresh"))
+        wd = disk / "run"
+        loop.train(loop_toy.ToyTask(loop_toy.config(2)), loop_toy.config(2), wd)
+        filler = disk / "filler"
+        with open(filler, "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        with pytest.raises(Exception) as info:
+            loop.train(loop_toy.ToyTask(cfg), cfg, wd)
+        assert main.disk_full(info.value), repr(info.value)
+        filler.unlink()
+        assert loop_toy.params_digest(loop.train(loop_toy.ToyTask(cfg), cfg, wd)) == fresh
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
