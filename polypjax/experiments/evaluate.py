@@ -23,6 +23,8 @@ import json
 import math
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from polypjax import parallel
@@ -151,15 +153,12 @@ def save_real_stats(path: pathlib.Path, mu, sigma, features, *, real_spec: str, 
 def _inception_apply(dtype: str):
     # One jitted function per dtype for the whole process: weights are an argument, so every
     # set (and every run in one process, as in tests) reuses the same compilation.
-    import jax
-    import jax.numpy as jnp
     from polypjax.models import inception
     return jax.jit(inception.FIDInceptionV3(dtype=jnp.dtype(dtype)).apply)
 
 
 def inception_features_fn(weights_path, mesh, dtype: str = "float32"):
     """`images (uint8 [N,H,W,3], sharded over the batch) -> float32 [N, 2048]` pool3 features."""
-    import jax
     from polypjax.models import inception
     with np.load(pathlib.Path(weights_path).expanduser()) as data:
         flat = {k: data[k] for k in data.files}
@@ -190,7 +189,6 @@ class SameSizeSource:
 
 
 def _progress(iterable, **kwargs):
-    import jax
     from tqdm import tqdm
     # disable=None: a bar on a terminal, none in logs; one bar for the job, from process 0.
     return tqdm(iterable, disable=None if jax.process_index() == 0 else True, **kwargs)
@@ -225,7 +223,6 @@ def msssim_diversity(source, *, num_pairs: int, size: int, seed: int, batch_size
     Only the images that occur in a pair are read (resized to `size`), so a large set costs at
     most 2 x num_pairs reads. Pairs run in fixed-size batches (the last one padded): one compile.
     """
-    import jax.numpy as jnp
     pairs = msssim.sample_distinct_pairs(len(source), num_pairs, seed)
     needed = np.unique(pairs)
     images = np.stack([pipeline.resize_pair(source[int(i)], size)["image"]
@@ -254,8 +251,7 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
     The `chance_` figures score the same predictions against the mask of the next pair in the
     batch: what mask size and position priors alone give, the floor real consistency must beat.
     """
-    import jax.numpy as jnp
-    from polypjax.metrics.segmentation import SegmentationMetrics
+    from polypjax.metrics.segmentation import accumulate
     total = chance = None
     ds = pipeline.eval_dataset(source, image_size=image_size, global_batch_size=batch_size)
     for local in _progress(ds, total=pipeline.num_eval_batches(source, batch_size), desc=f"{name} segmenter",
@@ -264,18 +260,21 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
         if mesh is not None:
             batch = parallel.global_batch(batch, mesh)
         logits = predict(batch["image"])
-        m = SegmentationMetrics.from_model_output(logits=logits, masks=batch["mask"], valid=batch["valid"])
-        total = m if total is None else total.merge(m)
-        valid = jnp.asarray(batch["valid"])
-        c = SegmentationMetrics.from_model_output(logits=logits, masks=jnp.roll(jnp.asarray(batch["mask"]), 1, 0),
-                                                  valid=valid & jnp.roll(valid, 1, 0))
-        chance = c if chance is None else chance.merge(c)
+        total = accumulate(total, logits, batch["mask"], batch["valid"])
+        chance = accumulate(chance, logits, *_next_pairs(batch["mask"], batch["valid"]))
     out = {}
     for prefix, metrics in (("", total), ("chance_", chance)):
         for k, v in metrics.compute().items():
             v = np.asarray(v)
             out[prefix + k] = int(v) if k == "num_images" else float(v)
     return out
+
+
+@jax.jit
+def _next_pairs(masks, valid):
+    """Each prediction's mask partner for the chance floor: the next pair's mask in the batch."""
+    valid = jnp.asarray(valid, bool)
+    return jnp.roll(masks, 1, 0), valid & jnp.roll(valid, 1, 0)
 
 
 def segmenter_scan(source, predict, image_size: int, batch_size: int, name: str = ""):
@@ -383,7 +382,6 @@ def _clean(obj):
 
 
 def run(config, workdir: pathlib.Path) -> dict:
-    import jax
     e = config.evaluate
     workdir = pathlib.Path(workdir)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)

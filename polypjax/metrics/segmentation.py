@@ -17,6 +17,7 @@ batch size nor on padding nor on how the batch is sharded over devices.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -183,10 +184,18 @@ class SegmentationMetrics(metrics.Metric):
 
 
 def accumulate(
-    metric: SegmentationMetrics | None, logits, masks, valid=None, **kwargs
+    metric: SegmentationMetrics | None, logits, masks, valid=None, *, from_logits: bool = True,
+    threshold: float = 0.5,
 ) -> SegmentationMetrics:
-    """Host-loop helper: ``metric`` (None to start) merged with one batch's metric."""
-    update = SegmentationMetrics.from_model_output(
-        jnp.asarray(logits), jnp.asarray(masks), None if valid is None else jnp.asarray(valid), **kwargs
-    )
-    return update if metric is None else metric.merge(update)
+    """Eval-loop step: ``metric`` (None to start) merged with one batch's metric, as one compiled
+    program (run op by op, the two dozen small array ops each compile on first use: seconds per run)."""
+    if valid is None:
+        valid = np.ones((np.shape(logits)[0],), bool)
+    return _accumulate(SegmentationMetrics.empty() if metric is None else metric, logits, masks, valid,
+                       from_logits=from_logits, threshold=threshold)
+
+
+@functools.partial(jax.jit, static_argnames=("from_logits", "threshold"))
+def _accumulate(metric, logits, masks, valid, *, from_logits, threshold):
+    return metric.merge(SegmentationMetrics.from_model_output(
+        logits, masks, valid, from_logits=from_logits, threshold=threshold))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pathlib
 
 import jax
-import numpy as np
 
 from polypjax.configlib import ConfigError, check_number
 from polypjax.train import loop

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import threading
 from typing import Any, Callable, Protocol
 
 import jax
@@ -75,8 +76,14 @@ def create_state(task: Task, config, mesh, example_batch: dict, num_steps: int) 
 
     abstract = jax.eval_shape(create)
     shardings = parallel.param_shardings(mesh, abstract)
-    state = jax.jit(create, out_shardings=shardings)()
+    state = jax.jit(create, out_shardings=shardings, compiler_options=_ONE_OFF_OPTIONS.get(jax.default_backend()))()
     return state, shardings
+
+
+# The init program runs once, but XLA:CPU's LLVM -O3 spends 10-15 s on its random-number code (a
+# (8,16) UNet: 12 s at -O3, 1.2 s at -O0; a full run's start-up was 48 s). Its speed does not matter;
+# the values differ from -O3 only in the last float bit.
+_ONE_OFF_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
 def checkpoint_manager(workdir: pathlib.Path, config) -> ocp.CheckpointManager:
@@ -144,6 +151,9 @@ def _restore_latest_good(mngr, state, shardings, data_iter):
 def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     """Runs (or resumes) `config.train.num_steps` steps of `task`; returns the final state."""
     workdir = pathlib.Path(workdir)
+    # tensorflow (TensorBoard writer) takes ~7 s to import on a small CPU: done while XLA compiles.
+    warm = threading.Thread(target=writers_lib.tensorflow_available, name="import-tensorflow", daemon=True)
+    warm.start()
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     num_steps = int(config.train.num_steps)
     data_iter = iter(task.train_iterator())
@@ -160,6 +170,7 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     start = 0
     if mngr.latest_step() is not None:
         start, state = _restore_latest_good(mngr, state, shardings, data_iter)
+    warm.join()
     writer = writers_lib.make_writer(workdir, is_main_process=jax.process_index() == 0)
     if start == 0:
         writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})

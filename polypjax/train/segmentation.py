@@ -22,7 +22,7 @@ import optax
 from polypjax import parallel
 from polypjax.configlib import ConfigError, check_number, split_specs
 from polypjax.data import catalog, export, pipeline, sources, visualize
-from polypjax.metrics.segmentation import SegmentationMetrics
+from polypjax.metrics.segmentation import accumulate
 from polypjax.models import segmenters
 from polypjax.train import loop
 
@@ -138,8 +138,7 @@ def evaluate_sets(predict_fn_factory, params, model_state, test_sources: dict, c
                                            global_batch_size=config.data.eval_batch_size):
             batch = parallel.global_batch({k: local[k] for k in ("image", "mask", "valid")}, mesh)
             logits = predict(params, model_state, batch)
-            m = SegmentationMetrics.from_model_output(logits=logits, masks=batch["mask"], valid=batch["valid"])
-            total = m if total is None else total.merge(m)
+            total = accumulate(total, logits, batch["mask"], batch["valid"])
             if len(overlays) < num_overlays and jax.process_index() == 0:
                 pred = np.asarray(jax.device_get(logits))[..., 0] > 0
                 for i in range(len(local["valid"])):
