@@ -8,12 +8,11 @@
 import ml_collections
 
 from polypjax import configlib
-from polypjax.train.loop import train_config
 
 
 def get_config(variant: str = "cpu"):
     config = configlib.base_config("train_diffusion")
-    config.train, config.optim = train_config()
+    config.train, config.optim = configlib.train_config()
     config.generator = ml_collections.ConfigDict({"kind": "joint"})
     config.diffusion = ml_collections.ConfigDict({
         "schedule": "linear", "num_timesteps": 1000, "pred": "eps",

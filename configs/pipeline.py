@@ -1,6 +1,8 @@
 """The whole pipeline on the embedded phantom data (train on domain A, test on A and B), on a CPU:
 
     python -m polypjax.main --config=configs/pipeline.py --workdir=runs/pipeline
+    python -m polypjax.main --config=configs/pipeline.py:mini --workdir=runs/mini   # every stage at toy
+                                                    size (a smoke run: its numbers mean nothing)
 
 Each stage's config is its task's own configs/*.py plus the overrides below (see
 polypjax/experiments/pipeline.py); the report is runs/pipeline/report/report.html.
@@ -10,7 +12,7 @@ import ml_collections
 from polypjax import configlib
 
 
-def get_config():
+def get_config(variant: str = "cpu"):
     config = configlib.base_config("pipeline")
     config.data.image_size = 32
     config.data.phantom_train_examples = 200
@@ -38,4 +40,30 @@ def get_config():
                                                             "log_every": 25}}})
     # A blinded real-vs-synthetic page of the first generator's pairs (polypjax.review), linked from the report.
     config.review = ml_collections.ConfigDict({"enabled": True, "n": 20, "seed": 0, "show_masks": True})
+    if variant == "mini":
+        _miniature(config)
+    elif variant != "cpu":
+        raise ValueError(f"unknown variant {variant!r}: use cpu or mini")
     return config
+
+
+def _miniature(config):
+    """Every stage, every kind of segmentation run and the report, at toy size (tests, smoke runs)."""
+    config.data.phantom_train_examples = 12
+    config.data.phantom_test_examples = 4
+    g = config.generators.joint.overrides
+    g.data.batch_size = 4
+    g.model.update({"channels": 8, "channel_mult": (1, 2), "attention_resolutions": (), "num_heads": 1})
+    g.train.update({"num_steps": 4, "checkpoint_every": 2, "log_every": 2})
+    g.eval.update({"num_samples": 2, "sampler": {"steps": 2}})
+    config.generate.overrides.generate.update({"batch_size": 4, "sampler": {"kind": "ddim", "steps": 2}})
+    config.evaluate.overrides.evaluate.update({"batch_size": 4, "msssim_pairs": 4, "kid_subsets": 2,
+                                               "kid_subset_size": 4})
+    s = config.segmentation
+    s.models.unet.model.kwargs.features = (4, 8)
+    s.regimes = ("real", "mixed")
+    s.seeds = (0,)
+    s.low_data.update({"sizes": (6,), "regimes": ("real", "mixed")})
+    s.overrides.data.update({"batch_size": 4})
+    s.overrides.train.update({"num_steps": 4, "checkpoint_every": 2, "log_every": 2})
+    config.review.enabled = False

@@ -1,15 +1,10 @@
 """Quickstart on the embedded phantom data (CPU, minutes): data preparation and inspection, then a
 short segmentation training run scored in-domain (phantom-a) and cross-domain (phantom-b)."""
-import importlib.util
-import pathlib
+from polypjax import configlib
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location(
-        "segmentation_config", pathlib.Path(__file__).with_name("segmentation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("cpu")
+    config = configlib.load_config("segmentation", "cpu")
     config.task = "quickstart"
     config.data.image_size = 64
     config.data.batch_size = 16

@@ -9,12 +9,11 @@ Regimes: --config.regime.kind=real|real_augment|synthetic|mixed|replace (see pol
 import ml_collections
 
 from polypjax import configlib
-from polypjax.train.loop import train_config
 
 
 def get_config(variant: str = "cpu"):
     config = configlib.base_config("train_segmentation")
-    config.train, config.optim = train_config()
+    config.train, config.optim = configlib.train_config()
     config.data.synthetic = ""  # a generated folder for the synthetic / mixed / replace regimes
     config.model = ml_collections.ConfigDict({"name": "unet", "dtype": "float32",
                                               "kwargs": {"features": (16, 32, 64, 128)}})

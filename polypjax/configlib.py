@@ -59,6 +59,43 @@ def mesh_config() -> ml_collections.ConfigDict:
     return m
 
 
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(name: str, *args) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of configs/<name>.py (what `--config=configs/<name>.py[:arg]` gives)."""
+    import importlib.util
+    path = CONFIGS / f"{name}.py"
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"polypjax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
+
+
+def train_config():
+    """Defaults of `config.train` and `config.optim` shared by the training tasks."""
+    t = ml_collections.ConfigDict()
+    t.num_steps = 1000
+    t.log_every = 50
+    t.eval_every = 0  # 0: evaluate at the end only
+    t.checkpoint_every = 500
+    t.keep_checkpoints = 3
+    t.ema_decay = 0.0
+    o = ml_collections.ConfigDict()
+    o.name = "adam"
+    o.learning_rate = 1e-3
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.weight_decay = 0.0
+    o.schedule = "cosine"
+    o.warmup_steps = 50
+    o.end_factor = 0.01
+    o.grad_clip = 1.0
+    return t, o
+
+
 def base_config(task: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task
@@ -77,7 +114,6 @@ def check_number(config, name: str, low=None, high=None, *, low_open: bool = Fal
     of `config` itself when it is a sub-block."""
     value = _get(config, name)
     name = f"{prefix}.{name}" if prefix else name
-    kind = "an integer" if integer else "a number"
     ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
     if ok and not integer:
         ok = math.isfinite(value)

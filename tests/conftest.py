@@ -23,3 +23,14 @@ def kvasir_dir():
     if not path.is_dir():
         pytest.skip(f"real Kvasir-SEG pairs not present at {path} (see shared/data/README.md)")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_generator(tmp_path_factory):
+    """A tiny joint generator trained 4 steps through main.run (checkpoints at 2 and 4), shared by
+    every test that needs a trained one: training it is most of their cost."""
+    from polypjax import main
+    from tiny_configs import tiny_config
+    wd = tmp_path_factory.mktemp("generator")
+    main.run(tiny_config("joint"), str(wd))
+    return wd

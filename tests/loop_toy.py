@@ -13,7 +13,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from polypjax import configlib  # noqa: E402
@@ -67,7 +66,7 @@ class ToyTask:
 
 def config(num_steps=12):
     c = configlib.base_config("train_segmentation")
-    c.train, c.optim = loop.train_config()
+    c.train, c.optim = configlib.train_config()
     c.train.num_steps = num_steps
     c.train.checkpoint_every = 2
     c.train.log_every = 2

@@ -12,11 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _load(name="prepare_data"):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return configlib.load_config(name)
 
 
 def test_derived_fields_follow_overrides():

@@ -1,5 +1,4 @@
 """One validator for every data source: decoding rules, the inspector and the pre-run check of tasks."""
-import importlib.util
 import pathlib
 import unicodedata
 
@@ -8,6 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from polypjax import configlib
 from polypjax.data import check, sources
 from polypjax.data.inspect import inspect_folder
 
@@ -15,11 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 H, W = 24, 32
 
 
-def _config(name: str, **kwargs):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(**kwargs)
+def _config(name: str, variant: str | None = None):
+    return configlib.load_config(name, *([variant] if variant else []))
 
 
 def _square(value=255, dtype=np.uint8):
@@ -64,7 +61,7 @@ def test_non_binary_labels_are_refused_with_the_values(tmp_path, label):
     root = folder(tmp_path / "kv", {"a": _square(label), "b": _square()})
     report = inspect_folder(root)
     severity, message = _problems(report)["a.png"]
-    assert severity == "error" and f"mask values 0 (" in message and f"{label} (192 px)" in message
+    assert severity == "error" and "mask values 0 (" in message and f"{label} (192 px)" in message
     assert "one of 1, 255 or 65535" in message
     with pytest.raises(sources.DataError, match=f"a.png: mask values .*{label} \\(192 px\\)"):
         sources.FolderSource(root)[0]

@@ -4,7 +4,6 @@ The real set is 6 phantom-a frames; the generated folders are an exact copy of t
 PairWriter, so FID ~ 0 and mask distances 0) and 6 noise images with rectangle masks. FID runs on
 random Inception weights here: a test of the plumbing only (user runs refuse random weights).
 """
-import importlib.util
 import json
 import pathlib
 
@@ -21,10 +20,7 @@ N = 6
 
 
 def _config(**overrides):
-    spec = importlib.util.spec_from_file_location("evaluate_generation", ROOT / "configs" / "evaluate_generation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = configlib.load_config("evaluate_generation")
     c.data.image_size = 48
     c.data.phantom_train_examples = N
     e = c.evaluate

@@ -8,34 +8,32 @@ from polypjax import configlib, main
 from polypjax.data import catalog
 from polypjax.data.pipeline import resize_pair
 from polypjax.data.sources import FolderSource
-from test_generators import _generate_config, tiny_config
+from tiny_configs import generate_config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("joint")
-    main.run(tiny_config("joint"), str(wd))
-    return wd
+@pytest.fixture
+def trained(trained_generator):
+    return trained_generator
 
 
 def test_provenance_refusals_resume_and_bad_manifest(trained, tmp_path, caplog):
     out = tmp_path / "out"
-    main.run(_generate_config(trained, num=4), str(out))
+    main.run(generate_config(trained, num=4), str(out))
     record = json.loads((out / "generation.json").read_text())
     assert record["status"] == "complete" and record["settings"]["seed"] == 0
     first = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
-    c = _generate_config(trained, num=4)
+    c = generate_config(trained, num=4)
     c.generate.seed = 1
     with pytest.raises(configlib.ConfigError, match=r"seed: 0 -> 1"):
         main.run(c, str(out))
     with pytest.raises(configlib.ConfigError, match="num_samples=2"):
-        main.run(_generate_config(trained, num=2), str(out))
+        main.run(generate_config(trained, num=2), str(out))
     # A truncated PNG under its final name and junk manifest lines: found, warned, regenerated.
     img = out / "images" / "gen_000001.png"
     img.write_bytes(img.read_bytes()[:-20])
     with open(out / "manifest.jsonl", "a") as f:
         f.write('[1, 2]\n{"no_id": 1}\n')
-    summary = main.run(_generate_config(trained, num=6), str(out))  # larger: extends
+    summary = main.run(generate_config(trained, num=6), str(out))  # larger: extends
     assert "not a JSON object with an id" in caplog.text
     assert summary["num_pairs"] == 6 and len(FolderSource(out)) == 6
     assert all((out / "images" / n).read_bytes() == b for n, b in first.items())
@@ -49,7 +47,7 @@ def test_provenance_refusals_resume_and_bad_manifest(trained, tmp_path, caplog):
 
 
 def test_inpaint_keeps_every_pixel_outside_the_region(trained, tmp_path):
-    c = _generate_config(trained, num=4, batch=3)
+    c = generate_config(trained, num=4, batch=3)
     c.generate.update(mode="inpaint", source="phantom-a")
     c.generate.inpaint.update(steps=6, jump_length=2, jump_n_sample=2)
     out = tmp_path / "inpaint"

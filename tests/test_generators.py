@@ -1,5 +1,4 @@
 """Generator families and the diffusion task through the shared loop (tiny models, CPU)."""
-import importlib.util
 import json
 import pathlib
 
@@ -10,28 +9,9 @@ import pytest
 
 from polypjax import configlib
 from polypjax.diffusion import generators
+from tiny_configs import generate_config, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def tiny_config(kind="joint"):
-    spec = importlib.util.spec_from_file_location("diffusion_cfg", ROOT / "configs" / "diffusion.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("cpu")
-    c.generator.kind = kind
-    c.data.image_size = 16
-    c.data.batch_size = 8
-    c.data.phantom_train_examples = 16
-    c.model.update(channels=16, channel_mult=(1, 2), attention_resolutions=(8,), num_heads=2)
-    c.train.num_steps = 4
-    c.train.checkpoint_every = 2
-    c.train.log_every = 2
-    c.train.eval_every = 0
-    c.eval.num_samples = 8
-    c.eval.sampler.steps = 4
-    c.diffusion.num_timesteps = 100
-    return c
 
 
 def _batch(n=8, s=16):
@@ -90,34 +70,23 @@ def test_joint_inpainting_keeps_the_background():
     assert np.all(np.asarray(masks)[outside] == -1.0)
 
 
-def test_diffusion_task_trains_and_writes_sample_grid(tmp_path):
-    from polypjax import main
-    main.run(tiny_config("two_stage"), str(tmp_path))
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+def test_diffusion_task_trains_and_writes_sample_grid(trained_generator, tmp_path):
+    wd = trained_generator  # configs/diffusion.py at tiny size through main.run (tests/conftest.py)
+    records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in r for r in records)
     assert any("sample/mask_fraction_mean" in r for r in records)
-    assert (tmp_path / "samples" / "step_000004.png").exists()
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
-    _generate_from(tmp_path, tmp_path.parent / "generated")
-
-
-def _generate_config(generator_workdir, num=6, batch=4):
-    spec = importlib.util.spec_from_file_location("generate_cfg", ROOT / "configs" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.generate.update(generator_workdir=str(generator_workdir), num_samples=num, batch_size=batch)
-    c.generate.sampler.steps = 3
-    return c
+    assert (wd / "samples" / "step_000004.png").exists()
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    _generate_from(wd, tmp_path / "generated")
 
 
 def _generate_from(trained, out):
     """The generate task writes a readable folder, resumes after a partial run, and is deterministic."""
     from polypjax import main
     from polypjax.data.sources import FolderSource
-    summary = main.run(_generate_config(trained), str(out))  # 6 pairs in batches of 4: last one padded
+    summary = main.run(generate_config(trained), str(out))  # 6 pairs in batches of 4: last one padded
     src = FolderSource(out)
-    assert len(src) == 6 and summary["num_pairs"] == 6 and summary["generator"] == "two_stage"
+    assert len(src) == 6 and summary["num_pairs"] == 6 and summary["generator"] == "joint"
     first = {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
     assert (out / "preview.png").exists()
     # Simulate a kill after the first batch: the last two pairs and their manifest lines are gone.
@@ -125,7 +94,7 @@ def _generate_from(trained, out):
         (out / "images" / f"{name}.png").unlink()
     lines = (out / "manifest.jsonl").read_text().splitlines()
     (out / "manifest.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    main.run(_generate_config(trained), str(out))
+    main.run(generate_config(trained), str(out))
     assert {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())} == first
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
 
@@ -133,7 +102,7 @@ def _generate_from(trained, out):
     from polypjax.data import catalog
     from polypjax.diffusion import postprocess
     from polypjax.experiments.generate import reference_index
-    c = _generate_config(trained)
+    c = generate_config(trained)
     c.generate.color_reference = "phantom-a"
     matched_dir = out.parent / (out.name + "_matched")
     main.run(c, str(matched_dir))
@@ -153,8 +122,8 @@ def _generate_from(trained, out):
 def test_generate_config_errors(tmp_path):
     from polypjax import main
     with pytest.raises(configlib.ConfigError, match="not a train_diffusion workdir"):
-        main.run(_generate_config(tmp_path / "nowhere"), str(tmp_path / "out"))
-    c = _generate_config(tmp_path)
+        main.run(generate_config(tmp_path / "nowhere"), str(tmp_path / "out"))
+    c = generate_config(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     c.generate.num_samples = 0
     with pytest.raises(configlib.ConfigError, match=r"num_samples must be >= 1, a finite integer"):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from skimage.draw import disk as draw_disk
 
-from polypjax.diffusion import objectives as O
 from polypjax.diffusion import postprocess as P
 from polypjax.diffusion import samplers as SM
 from polypjax.diffusion import schedule as S

@@ -1,5 +1,4 @@
 """Segmentation task: regimes, evaluation from exact counts (1 vs 8 devices), loading a trained model."""
-import importlib.util
 import json
 import pathlib
 
@@ -15,10 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def seg_config(**data):
-    spec = importlib.util.spec_from_file_location("seg_cfg", ROOT / "configs" / "segmentation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("cpu")
+    c = configlib.load_config("segmentation", "cpu")
     c.data.image_size = 32
     c.data.batch_size = 8
     c.data.phantom_train_examples = 24

@@ -32,11 +32,7 @@ def _stored(path: pathlib.Path, config) -> bytes:
 
 
 def _generate_config(generator_workdir):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("generate_cfg", ROOT / "configs" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = configlib.load_config("generate")
     c.generate.generator_workdir = str(generator_workdir)
     return c
 

@@ -7,7 +7,6 @@ XLA's cost analysis of the compiled computation, next to a matmul peak measured 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import diffusion as diffusion_config  # noqa: E402
 from polypjax import parallel  # noqa: E402
-from polypjax.data import catalog, export, pipeline, visualize  # noqa: E402
+from polypjax.data import catalog, export, visualize  # noqa: E402
 from polypjax.diffusion import generators  # noqa: E402
 from polypjax.experiments import evaluate  # noqa: E402
 from polypjax.metrics import masks as mask_metrics  # noqa: E402

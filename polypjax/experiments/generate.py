@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import logging
 import pathlib
 import threading
 

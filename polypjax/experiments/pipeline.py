@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import logging
 import pathlib
@@ -30,10 +29,10 @@ import time
 
 import ml_collections
 
+from polypjax import configlib
 from polypjax.configlib import ConfigError
 from polypjax.data import export
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 REAL_REGIMES = ("real", "real_augment")
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
 # Data fields every stage takes from the pipeline's own `config.data`.
@@ -50,14 +49,6 @@ def data_sources(config) -> list[tuple[str, str, str]]:
         ("data.test", spec, "test") for spec in split_specs(config.data.test)]
 
 
-def task_config(name: str, *args) -> ml_collections.ConfigDict:
-    """`get_config(*args)` of configs/<name>.py: each stage starts from its task's own defaults."""
-    spec = importlib.util.spec_from_file_location(f"polypjax_config_{name}", CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
-
-
 def merge(base: ml_collections.ConfigDict, overrides, where: str) -> ml_collections.ConfigDict:
     """`overrides` (nested dict) written into `base`; a key `base` lacks is a ConfigError."""
     for key, value in dict(overrides).items():
@@ -71,7 +62,7 @@ def merge(base: ml_collections.ConfigDict, overrides, where: str) -> ml_collecti
 
 
 def _stage_base(config, name: str, *args) -> ml_collections.ConfigDict:
-    c = task_config(name, *args)
+    c = configlib.load_config(name, *args)
     c.seed = config.seed
     c.mesh = copy.deepcopy(config.mesh)
     for field in SHARED_DATA:

@@ -18,7 +18,7 @@ is numpy-only so the converter and the tests share it.
 """
 import functools
 import os
-from typing import Any, Sequence, Tuple
+from typing import Any, Tuple
 
 import numpy as np
 

@@ -23,7 +23,7 @@ a feature space learnt on polyp frames, for Fréchet distances that need no down
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import jax
 
+from polypjax import cache_dirs
+
 TARGETS = {
     "forward": "polypjax_onednn_conv_forward",
     "input_grad": "polypjax_onednn_conv_input_grad",
@@ -55,10 +57,7 @@ def _dist_file(dist: str, suffix: str) -> Path:
 
 
 def cache_dir() -> Path:
-    if os.environ.get("POLYPJAX_NATIVE_CACHE"):
-        return Path(os.environ["POLYPJAX_NATIVE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "polypjax" / "native"
+    return cache_dirs.user_cache_dir("POLYPJAX_NATIVE_CACHE", "native")
 
 
 def build() -> Path:
@@ -97,19 +96,10 @@ def build() -> Path:
 
 
 def _safe_cache_dir() -> Path:
-    """The cache folder, created private if missing. A library is code this process will run, so
-    one from a folder that another user owns or may write into is never loaded."""
-    d = cache_dir()
-    if not d.exists():
-        d.mkdir(parents=True, mode=0o700, exist_ok=True)
-    st = d.stat()
-    if st.st_uid != os.getuid():
-        raise NativeUnavailable(f"refusing the native cache {d}: owned by uid {st.st_uid}, not by this user "
-                                f"(uid {os.getuid()}); set POLYPJAX_NATIVE_CACHE to a folder of your own")
-    if st.st_mode & 0o022:
-        raise NativeUnavailable(f"refusing the native cache {d}: writable by group or others "
-                                f"(mode {st.st_mode & 0o777:o}); chmod go-w it or set POLYPJAX_NATIVE_CACHE")
-    return d
+    try:
+        return cache_dirs.private_dir(cache_dir(), "POLYPJAX_NATIVE_CACHE")
+    except cache_dirs.UnsafeCacheDir as e:
+        raise NativeUnavailable(str(e)) from None
 
 
 def _sidecar(lib: Path) -> Path:

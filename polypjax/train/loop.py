@@ -252,26 +252,3 @@ def validate_train_config(config) -> None:
         raise ConfigError(f"config.optim.name={o.name!r} is unknown; choose adam, adamw or sgd")
     if o.schedule not in ("cosine", "constant"):
         raise ConfigError(f"config.optim.schedule={o.schedule!r} is unknown; choose cosine or constant")
-
-
-def train_config():
-    """Defaults of `config.train` and `config.optim` shared by the training tasks."""
-    import ml_collections
-    t = ml_collections.ConfigDict()
-    t.num_steps = 1000
-    t.log_every = 50
-    t.eval_every = 0  # 0: evaluate at the end only
-    t.checkpoint_every = 500
-    t.keep_checkpoints = 3
-    t.ema_decay = 0.0
-    o = ml_collections.ConfigDict()
-    o.name = "adam"
-    o.learning_rate = 1e-3
-    o.b1 = 0.9
-    o.b2 = 0.999
-    o.weight_decay = 0.0
-    o.schedule = "cosine"
-    o.warmup_steps = 50
-    o.end_factor = 0.01
-    o.grad_clip = 1.0
-    return t, o

@@ -1,0 +1,124 @@
+"""The pipeline task end to end in miniature (configs/pipeline.py:mini): every stage runs, the
+report's tables and CSV agree with the stages' own results, a pipeline killed inside a stage resumes
+there and skips the finished ones, and a changed segmentation config reruns only what depends on it."""
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+JUDGE = "segmentation/none/unet/real/all/0"
+STAGES = ["generators/joint", "generated/joint", JUDGE, "evaluation/joint",
+          "segmentation/joint/unet/mixed/all/0", "segmentation/none/unet/real/6/0",
+          "segmentation/joint/unet/mixed/6/0"]
+
+
+def _command(workdir, *overrides):
+    return [sys.executable, "-m", "polypjax.main", "--config=configs/pipeline.py:mini",
+            f"--workdir={workdir}", *overrides]
+
+
+def _run(workdir, *overrides, timeout=600):
+    proc = subprocess.run(_command(workdir, *overrides), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def _stage(workdir, rel):
+    return json.loads((workdir / rel / "stage.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A pipeline SIGKILLed inside the judge segmenter's training (after its first checkpoint),
+    then run again to the end: (workdir, the second run's log)."""
+    workdir = tmp_path_factory.mktemp("pipeline") / "run"
+    proc = subprocess.Popen(_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    checkpoint = workdir / JUDGE / "checkpoints" / "2"
+    deadline = time.monotonic() + 500
+    try:
+        while not checkpoint.is_dir():
+            assert proc.poll() is None, "the pipeline ended before the judge segmenter checkpointed"
+            assert time.monotonic() < deadline, "no checkpoint of the judge segmenter in time"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _stage(workdir, JUDGE)["status"] == "running"
+    assert not (workdir / "report").exists()
+    return workdir, _run(workdir)
+
+
+def test_rerun_skips_finished_stages_and_resumes_inside_the_stopped_one(finished):
+    workdir, log = finished
+    for rel in ("generators/joint", "generated/joint"):
+        assert f"stage {rel}: done, skipped" in log
+        assert _stage(workdir, rel)["runs"] == 1
+    assert f"stage {JUDGE}: resuming an interrupted run" in log
+    assert "at step 2" in log  # the segmenter continued from its checkpoint, not from step 0
+    judge = _stage(workdir, JUDGE)
+    assert judge["status"] == "done" and judge["runs"] == 2
+    for rel in STAGES:
+        assert _stage(workdir, rel)["status"] == "done", rel
+
+
+def test_report_tables_match_the_stage_results(finished):
+    workdir, _ = finished
+    report = workdir / "report"
+    with open(report / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    seg_stages = [s for s in STAGES if s.startswith("segmentation/")]
+    assert len(rows) == len(seg_stages) * 2  # every segmenter on both test sets
+    for row in rows:
+        gen = row["generator"]
+        n = "all" if row["N"] == "12" else row["N"]
+        results = json.loads((workdir / f"segmentation/{gen}/{row['model']}/{row['regime']}/{n}/{row['seed']}"
+                              / "results.json").read_text())["test"][row["test_set"]]
+        for m in ("mDice", "mIoU", "dice", "iou"):
+            assert float(row[m]) == pytest.approx(results[m], abs=1e-12), (row, m)
+    assert {r["test_set"] for r in rows} == {"phantom-a@test", "phantom-b@test"}
+
+    md = (report / "report.md").read_text()
+    # One seed: "mean ± 0.000" per regime and test set, equal to the stage's own figure.
+    for row in rows:
+        if row["N"] != "12":
+            continue
+        cells = f"| {row['model']} | {row['regime']} | {row['generator']} | {row['test_set']} | 1 | " \
+                f"{float(row['mDice']):.3f} ± 0.000 | {float(row['mIoU']):.3f} ± 0.000 |"
+        assert cells in md, cells
+    real = {r["test_set"]: float(r["mDice"]) for r in rows if r["regime"] == "real" and r["N"] == "12"}
+    for r in rows:
+        if r["regime"] == "mixed" and r["N"] == "12":
+            assert f"{float(r['mDice']) - real[r['test_set']]:+.3f}" in md  # the gain column
+    gen = json.loads((workdir / "evaluation/joint/generation_metrics.json").read_text())["generated"][0]
+    assert f"{gen['label_consistency']['mDice']:.3f} ({gen['label_consistency']['chance_mDice']:.3f})" in md
+    assert "## Low-data sweep" in md and "## Compute per stage" in md
+
+    html = (report / "report.html").read_text()
+    for fig in ("samples_joint.png", "dice_bars.png", "low_data.png", "training_loss.png"):
+        assert (report / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+        assert f"alt='{fig}' src='data:image/png;base64," in html, fig
+    summary = json.loads((report / "results.json").read_text())
+    assert [{k: str(v) for k, v in r.items()} for r in summary["rows"]] == rows
+
+
+def test_changed_segmentation_config_reruns_only_what_depends_on_it(finished):
+    workdir, _ = finished
+    before = {rel: _stage(workdir, rel) for rel in STAGES}
+    log = _run(workdir, "--config.segmentation.overrides.train.num_steps=3")
+    for rel in ("generators/joint", "generated/joint"):
+        assert f"stage {rel}: done, skipped" in log
+        assert _stage(workdir, rel) == before[rel]
+    for rel in STAGES[2:]:  # every segmenter, and the generation metrics (the judge is a segmenter)
+        assert f"stage {rel}: its config changed, rerunning it from scratch" in log, rel
+        after = _stage(workdir, rel)
+        assert after["fingerprint"] != before[rel]["fingerprint"] and after["status"] == "done"
+    assert _stage(workdir, JUDGE)["config"]["train"]["num_steps"] == 3
