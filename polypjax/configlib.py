@@ -11,6 +11,8 @@ import pathlib
 
 import ml_collections
 
+from polypjax.data.catalog import split_specs
+
 
 class ConfigError(ValueError):
     """A bad config value; the message names the field."""
@@ -180,11 +182,10 @@ def check_no_comma_folder(value: str, field: str) -> None:
                                   "',' separates sources in this field; rename it or give a symlink without one")
 
 
-def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Validates the config (after overrides) and returns a locked copy with references resolved."""
-    from polypjax import tasks
-    if config.task not in tasks.TASKS:
-        raise ConfigError(f"config.task={config.task!r} is unknown; choose one of {sorted(tasks.TASKS)}")
+def resolve(config: ml_collections.ConfigDict, task_check=None) -> ml_collections.ConfigDict:
+    """Validates the config (after overrides), then `task_check(config)` (the task's own rules),
+    and returns a locked copy with references resolved. Runs go through `tasks.resolve`, which
+    supplies the task's check."""
     check_finite_numbers(config)
     if "seed" in config:
         check_number(config, "seed", 0, integer=True)
@@ -213,7 +214,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if config.mesh.data != -1:
             check_number(config, "mesh.data", 1, integer=True)
         _check_mesh_fits(config.mesh)
-    task_check = tasks.validator(config.task)
     if task_check is not None:
         task_check(config)
     resolved = ml_collections.ConfigDict(config.to_dict())  # references become plain values
@@ -229,17 +229,6 @@ def _check_mesh_fits(mesh) -> None:
     if n % mesh.fsdp or need > n:
         raise ConfigError(f"config.mesh data={mesh.data} x fsdp={mesh.fsdp} needs {need} devices "
                           f"(fsdp a divisor of the device count); this process sees {n}")
-
-
-def split_specs(value: str) -> list[str]:
-    return [s.strip() for s in str(value).split(",") if s.strip()]
-
-
-def check_path(value: str, field: str, *, must_exist: bool = True) -> pathlib.Path:
-    path = pathlib.Path(value).expanduser()
-    if must_exist and not path.exists():
-        raise ConfigError(f"config.{field}: path {value!r} does not exist")
-    return path
 
 
 def write_config(workdir, config, **overrides) -> None:

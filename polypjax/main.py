@@ -22,14 +22,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoi
 
 def run(config, workdir: str) -> object:
     """Validates `config`, claims and records it in `workdir` and runs its task (also the API for tests)."""
-    from polypjax import compile_cache, configlib, parallel, tasks
+    from polypjax import compile_cache, parallel, tasks
     from polypjax import workdir as workdir_lib
-    from polypjax.data import check as data_check
     compile_cache.enable()
-    resolved = configlib.resolve(config)
+    resolved = tasks.resolve(config)
     parallel.initialize_distributed(resolved.distributed.coordinator_address or None,
                                     resolved.distributed.num_processes, resolved.distributed.process_id)
-    data_check.check_task_sources(resolved)  # every data source the task reads, before anything is written
+    tasks.check_data(resolved)  # every data source the task reads, before anything is written
     with workdir_lib.claim(pathlib.Path(workdir), resolved) as wd:  # lock, ownership, resume check, config.json
         return tasks.module(resolved.task).run(resolved, wd)
 

@@ -21,3 +21,24 @@ def module(task: str):
 
 def validator(task: str):
     return getattr(module(task), "validate", None)
+
+
+def resolve(config):
+    """The validation every run goes through: a known task, the shared rules (configlib.resolve)
+    and the task's own `validate`; a locked, resolved copy."""
+    from polypjax import configlib
+    if config.task not in TASKS:
+        raise configlib.ConfigError(f"config.task={config.task!r} is unknown; choose one of {sorted(TASKS)}")
+    return configlib.resolve(config, validator(config.task))
+
+
+def data_sources(config) -> list[tuple[str, str, str]]:
+    """[(field, spec, default split)] of every data source the task reads (its `data_sources`)."""
+    fn = getattr(module(config.task), "data_sources", None)
+    return list(fn(config)) if fn is not None else []
+
+
+def check_data(config, *, progress: bool | None = None) -> list[dict]:
+    """The one data check, on every source the task reads, before anything is written."""
+    from polypjax.data import check
+    return check.check_sources(config, data_sources(config), progress=progress)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from polypjax import configlib
+from polypjax import configlib, tasks
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -19,10 +19,10 @@ def test_derived_fields_follow_overrides():
     c = _load()
     c.data.image_size = 64
     c.data.batch_size = 32
-    r = configlib.resolve(c)
+    r = tasks.resolve(c)
     assert r.data.phantom_size == 64 and r.data.eval_batch_size == 32
     c.data.eval_batch_size = 7  # an explicit value wins over the derivation
-    assert configlib.resolve(c).data.eval_batch_size == 7
+    assert tasks.resolve(c).data.eval_batch_size == 7
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -43,7 +43,7 @@ def test_bad_values_raise_one_clear_error(field, value, message):
         node = node[p]
     node[leaf] = value
     with pytest.raises(configlib.ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        configlib.resolve(c)
+        tasks.resolve(c)
 
 
 def _main(tmp_path, *overrides):
@@ -83,7 +83,7 @@ def test_cli_runs_and_records_resolved_config(tmp_path):
 
 
 def test_quickstart_config_resolves():
-    c = configlib.resolve(_load("quickstart"))
+    c = tasks.resolve(_load("quickstart"))
     assert c.task == "quickstart" and c.data.train == "phantom-a" and c.train.num_steps > 0
 
 
@@ -106,7 +106,7 @@ def test_numbers_must_be_finite_and_fit(field, value, message):
         node = node[p]
     node[leaf] = value
     with pytest.raises(configlib.ConfigError, match=message):
-        configlib.resolve(c)
+        tasks.resolve(c)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -157,4 +157,4 @@ def test_folder_names_with_at_sign_work_and_with_comma_are_refused_clearly(tmp_p
     configlib.check_no_comma_folder("phantom-a,phantom-b", "data.test")  # an ordinary list passes
     c.data.test = str(comma)
     with pytest.raises(configlib.ConfigError, match=r"config.data.test: folder .* has a ','"):
-        configlib.resolve(c)
+        tasks.resolve(c)

@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from polypjax import configlib
-from polypjax.data import check, sources
+from polypjax import configlib, tasks
+from polypjax.data import sources
 from polypjax.data.inspect import inspect_folder
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_training_set_with_non_binary_masks_is_refused(tmp_path):
     c = _config("segmentation", variant="cpu")
     c.data.train = f"{bad}@all"
     with pytest.raises(sources.DataError, match=r"^config.data.train: .*mask values 0 .*2 \(192 px\).*and 2 more"):
-        check.check_task_sources(c)
+        tasks.check_data(c)
 
 
 def test_every_task_names_its_sources(tmp_path):
@@ -190,25 +190,25 @@ def test_every_task_names_its_sources(tmp_path):
     c = _config("evaluate_generation")
     c.evaluate.real, c.evaluate.generated = f"{good}@all", f"{good},{bad}"
     with pytest.raises(sources.DataError, match=r"^config.evaluate.generated: .*p1.png: mask values"):
-        check.check_task_sources(c)
+        tasks.check_data(c)
     c.evaluate.generated = str(good)
-    assert [r["num_pairs"] for r in check.check_task_sources(c)] == [3]  # one folder, read once
+    assert [r["num_pairs"] for r in tasks.check_data(c)] == [3]  # one folder, read once
     g = _config("generate")
     g.generate.color_reference = str(bad)
     with pytest.raises(sources.DataError, match=r"^config.generate.color_reference: .*p1.png"):
-        check.check_task_sources(g)
+        tasks.check_data(g)
     s = _config("segmentation", variant="cpu")
     s.data.synthetic, s.regime.kind = str(bad), "mixed"
     with pytest.raises(sources.DataError, match=r"^config.data.synthetic: .*p1.png"):
-        check.check_task_sources(s)
+        tasks.check_data(s)
     q = _config("quickstart")
     q.data.test = f"{bad}@all"
     with pytest.raises(sources.DataError, match=r"^config.data.test: "):
-        check.check_task_sources(q)
+        tasks.check_data(q)
     d = _config("diffusion")
     d.data.train = f"{bad}@all"
     with pytest.raises(sources.DataError, match=r"^config.data.train: "):
-        check.check_task_sources(d)
+        tasks.check_data(d)
 
 
 def test_prepare_data_fails_after_writing_its_report(tmp_path):

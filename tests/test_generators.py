@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polypjax import configlib, main
+from polypjax import configlib, main, tasks
 from polypjax.data import catalog
 from polypjax.data.pipeline import resize_pair
 from polypjax.data.sources import FolderSource
@@ -27,7 +27,7 @@ def _batch(n=8, s=16):
 
 @pytest.mark.parametrize("kind", ["joint", "two_stage"])
 def test_generator_loss_and_sample_shapes(kind):
-    c = configlib.resolve(tiny_config(kind))
+    c = tasks.resolve(tiny_config(kind))
     gen = generators.make_generator(c)
     params, state = gen.init(jax.random.PRNGKey(0), _batch())
     assert set(params) == ({"joint"} if kind == "joint" else {"mask", "image"})
@@ -50,7 +50,7 @@ def test_learned_sigma_loss_traces(kind):
     """learn_sigma (the paper config) doubles the UNet outputs once: the hybrid loss accepts them."""
     c = tiny_config(kind)
     c.model.learn_sigma = True
-    gen = generators.make_generator(configlib.resolve(c))
+    gen = generators.make_generator(tasks.resolve(c))
     params, state = jax.eval_shape(lambda: gen.init(jax.random.PRNGKey(0), _batch()))
     loss, (metrics, _) = jax.eval_shape(gen.loss, params, state, _batch(), jax.random.PRNGKey(1))
     assert loss.shape == ()
@@ -60,7 +60,7 @@ def test_learned_sigma_loss_traces(kind):
 
 
 def test_joint_inpainting_keeps_the_background():
-    c = configlib.resolve(tiny_config("joint"))
+    c = tasks.resolve(tiny_config("joint"))
     gen = generators.make_generator(c)
     params, _ = gen.init(jax.random.PRNGKey(0), _batch())
     batch = _batch(2)
@@ -111,7 +111,7 @@ def _generate_from(trained, out):
     matched_dir = out.parent / (out.name + "_matched")
     main.run(c, str(matched_dir))
     matched = FolderSource(matched_dir)
-    ref = catalog.make_source("phantom-a", configlib.resolve(c).data, default_split="train")
+    ref = catalog.make_source("phantom-a", tasks.resolve(c).data, default_split="train")
     records = [json.loads(line) for line in (matched_dir / "manifest.jsonl").read_text().splitlines()]
     for r in records:
         i = r["index"]
@@ -138,15 +138,15 @@ def test_diffusion_config_errors():
     c = tiny_config()
     c.data.image_size = 17
     with pytest.raises(configlib.ConfigError, match="multiple of 2"):
-        configlib.resolve(c)
+        tasks.resolve(c)
     c = tiny_config()
     c.generator.kind = "gan"
     with pytest.raises(configlib.ConfigError, match="generator.kind='gan' is unknown"):
-        configlib.resolve(c)
+        tasks.resolve(c)
     c = tiny_config()
     c.eval.sampler.kind = "euler"
     with pytest.raises(configlib.ConfigError, match="sampler.kind='euler'"):
-        configlib.resolve(c)
+        tasks.resolve(c)
 
 
 # --- the generate task: provenance, resume checks and the inpaint mode on the shared tiny generator
@@ -187,7 +187,7 @@ def test_inpaint_keeps_every_pixel_outside_the_region(trained_generator, tmp_pat
     c.generate.inpaint.update(steps=6, jump_length=2, jump_n_sample=2)
     out = tmp_path / "inpaint"
     main.run(c, str(out))
-    resolved = configlib.resolve(c)
+    resolved = tasks.resolve(c)
     resolved.data.image_size = 16
     src = catalog.make_source("phantom-a", resolved.data, default_split="train")
     gen = FolderSource(out)

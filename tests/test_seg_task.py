@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from polypjax import configlib
+from polypjax import configlib, tasks
 from polypjax.data import export, phantom
 from polypjax.train import segmentation
 
@@ -67,7 +67,7 @@ def test_load_segmenter_predicts_like_the_task(trained):
 
 
 def test_metrics_identical_on_one_and_eight_devices(trained):
-    config = configlib.resolve(seg_config())
+    config = tasks.resolve(seg_config())
     task = segmentation.SegmentationTask(config, trained)
     import orbax.checkpoint as ocp
     mngr = ocp.CheckpointManager((trained / "checkpoints").absolute(), item_names=("state", "data"))
@@ -77,7 +77,7 @@ def test_metrics_identical_on_one_and_eight_devices(trained):
         c = seg_config()
         c.mesh.data = data
         c.data.eval_batch_size = 8  # 10 examples: an uneven, padded last batch
-        c = configlib.resolve(c)
+        c = tasks.resolve(c)
         out[data] = segmentation.evaluate_sets(task.predict_fn, state["params"], state["model_state"],
                                                task.test_sources, c, trained / f"eval_{data}", 6)
     assert jax.device_count() == 8
@@ -95,7 +95,7 @@ def test_regimes_draw_the_configured_proportions(synthetic_dir, kind, expected):
     c.regime.synthetic_fraction = 0.25
     c.regime.alpha = 0.4
     c.data.batch_size = 20
-    c = configlib.resolve(c)
+    c = tasks.resolve(c)
     task = segmentation.SegmentationTask(c, "/tmp/unused")
     it = iter(task.train_iterator())
     # phantom-c frames (the "synthetic" set) are cooler/bluer than phantom-a: classify by colour.
@@ -109,21 +109,21 @@ def test_regimes_draw_the_configured_proportions(synthetic_dir, kind, expected):
 def test_subset_and_regime_errors(synthetic_dir):
     c = seg_config()
     c.regime.real_subset = 5
-    task = segmentation.SegmentationTask(configlib.resolve(c), "/tmp/unused")
+    task = segmentation.SegmentationTask(tasks.resolve(c), "/tmp/unused")
     assert len(task.train_sources[0]) == 5
     c = seg_config()
     c.regime.kind = "synthetic"
     with pytest.raises(configlib.ConfigError, match="needs config.data.synthetic"):
-        configlib.resolve(c)
+        tasks.resolve(c)
     c = seg_config()
     c.model.name = "segformer"
     with pytest.raises(configlib.ConfigError, match="model.name='segformer' is unknown"):
-        configlib.resolve(c)
+        tasks.resolve(c)
     c = seg_config(synthetic=str(synthetic_dir))
     c.regime.kind = "replace"
     c.regime.alpha = 1.5
     with pytest.raises(configlib.ConfigError, match="alpha must be a probability"):
-        configlib.resolve(c)
+        tasks.resolve(c)
 
 
 def test_bce_dice_loss_reference():

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import loop_toy  # noqa: E402
-from polypjax import configlib, main, workdir  # noqa: E402
+from polypjax import configlib, main, tasks, workdir  # noqa: E402
 from test_seg_task import seg_config  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def _listing(path: pathlib.Path):
 
 
 def _stored(path: pathlib.Path, config) -> bytes:
-    configlib.write_config(path, configlib.resolve(config))
+    configlib.write_config(path, tasks.resolve(config))
     return (path / "config.json").read_bytes()
 
 
@@ -100,7 +100,7 @@ def test_documented_changes_are_accepted_and_recorded(tmp_path):
     c.train.log_every, c.train.checkpoint_every, c.train.keep_checkpoints = 1, 1, 9
     c.mesh.data = 2
     c.train.num_steps = 20  # no checkpoint yet: nothing was trained
-    c = configlib.resolve(c)
+    c = tasks.resolve(c)
     with workdir.claim(wd, c):
         pass
     stored = json.loads((wd / "config.json").read_text())
@@ -200,7 +200,7 @@ def test_second_run_refused_while_first_holds_the_lock_and_a_killed_holder_does_
 def test_only_process_zero_writes_and_others_follow_its_verdict(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    config = configlib.resolve(seg_config())
+    config = tasks.resolve(seg_config())
     wd = tmp_path / "wd"
     wd.mkdir()
     monkeypatch.setattr(workdir, "_agree", lambda ok: True)

@@ -28,7 +28,7 @@ def main():
 
     import importlib.util
     import jax
-    from polypjax import configlib, parallel
+    from polypjax import parallel, tasks
     from polypjax.train import loop, segmentation
 
     spec = importlib.util.spec_from_file_location("seg", os.path.join(os.path.dirname(__file__), "..", "configs", "segmentation.py"))
@@ -43,7 +43,7 @@ def main():
     config.model.name = args.model
     if args.model != "unet":
         config.model.kwargs = {}
-    config = configlib.resolve(config)
+    config = tasks.resolve(config)
     task = segmentation.SegmentationTask(config, "/tmp/bench_pipeline")
 
     it = iter(task.train_iterator())

@@ -16,19 +16,28 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Higher layers may import lower ones. Keys are the first component below `polypjax`.
 LAYERS = {
-    "main": 7,
+    "main": 8,
+    "pipeline": 7,
     "tasks": 6, "workdir": 6,
     "experiments": 5, "review": 5,
     "train": 4,
     "configlib": 3,
     "data": 2, "diffusion": 2, "metrics": 2,
     "models": 1, "parallel": 1,
-    "native": 0, "hostenv": 0,
+    "native": 0, "hostenv": 0, "compile_cache": 0,
+    "cache_dirs": -1,
 }
+# Modules that are a unit of their own. The pipeline task resolves, checks and runs other tasks
+# (each stage through main.run, looked up at run time), so it sits above tasks, not with the
+# experiments it drives.
+OWN_UNITS = {"polypjax.experiments.pipeline": "pipeline"}
 CONFIG_ALLOWED = ("ml_collections", "polypjax.configlib")
 
 
 def _unit(module: str) -> str | None:
+    for prefix, unit in OWN_UNITS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return unit
     parts = module.split(".")
     if parts[0] != "polypjax":
         return None

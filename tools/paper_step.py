@@ -14,7 +14,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from polypjax import hostenv  # noqa: E402
+from polypjax import hostenv, tasks  # noqa: E402
 
 hostenv.reexec_with_hugepage_malloc()
 
@@ -33,7 +33,7 @@ def main():
     import importlib.util
     import jax
     import numpy as np
-    from polypjax import configlib, parallel
+    from polypjax import parallel
     from polypjax.train import diffusion, loop
 
     spec = importlib.util.spec_from_file_location("cfg", os.path.join(os.path.dirname(__file__), "..",
@@ -46,7 +46,7 @@ def main():
     config.data.phantom_train_examples = 8
     config.data.image_size = args.size
     config.model.remat = not args.no_remat
-    config = configlib.resolve(config)
+    config = tasks.resolve(config)
 
     task = diffusion.DiffusionTask(config, tempfile.mkdtemp())
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)

@@ -60,9 +60,13 @@ def make_source(spec: str, data_config, *, default_split: str = "train", seed: i
                                 split_seed=data_config.split_seed, decode_size=data_config.image_size)
 
 
+def split_specs(value: str) -> list[str]:
+    """A comma-separated source field (e.g. `data.test`) -> its specs."""
+    return [s.strip() for s in str(value).split(",") if s.strip()]
+
+
 def make_sources(specs: str, data_config, *, default_split: str, seed: int = 0) -> dict:
     """Comma-separated specs -> {display name: source}."""
-    from polypjax.configlib import split_specs
     out = {}
     for spec in split_specs(specs):
         source = make_source(spec, data_config, default_split=default_split, seed=seed)

@@ -1,7 +1,7 @@
 """The check every task runs on the data sources it will read, before its first step.
 
 Each experiment module says which sources it reads with `data_sources(config) -> [(field, spec,
-default split)]`; `main.run` calls `check_task_sources` right after the config is resolved and
+default split)]`; `main.run` calls it (through `tasks.check_data`) right after the config is resolved and
 before anything is written to the workdir. Folders are scanned by `inspect.inspect_folder` (the
 inspector's own code), so a corrupt test image or a non-binary mask stops the run at once with
 one line naming the file, instead of after training.
@@ -13,13 +13,7 @@ import logging
 from polypjax.data import catalog, inspect, sources
 
 
-def task_sources(config) -> list[tuple[str, str, str]]:
-    from polypjax import tasks
-    fn = getattr(tasks.module(config.task), "data_sources", None)
-    return list(fn(config)) if fn is not None else []
-
-
-def check_task_sources(config, *, progress: bool | None = None) -> list[dict]:
+def check_sources(config, specs, *, progress: bool | None = None) -> list[dict]:
     """Raises `DataError` (one line: field, file, problem) on the first source with an error.
 
     Phantom sources are generated, so there is nothing to read; a TFDS source is opened (which
@@ -27,7 +21,7 @@ def check_task_sources(config, *, progress: bool | None = None) -> list[dict]:
     Warnings (e.g. empty masks) are logged, one line per source. Returns the folder reports.
     """
     reports, seen = [], set()
-    for field, spec, default_split in task_sources(config):
+    for field, spec, default_split in specs:
         s = catalog.parse_spec(spec, default_split)
         if (s.kind, s.name, s.split) in seen or s.kind == "phantom":
             continue

@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from polypjax import parallel
-from polypjax.configlib import ConfigError, check_source_spec, split_specs
+from polypjax.configlib import ConfigError, check_source_spec
 from polypjax.data import catalog, export, pipeline, sources
+from polypjax.data.catalog import split_specs
 from polypjax.metrics import fid
 from polypjax.metrics import masks as mask_metrics
 from polypjax.metrics import msssim

@@ -29,7 +29,7 @@ import time
 
 import ml_collections
 
-from polypjax import configlib
+from polypjax import configlib, tasks
 from polypjax.configlib import ConfigError
 from polypjax.data import export
 
@@ -44,7 +44,7 @@ SHARED_DATA = ("train", "test", "image_size", "phantom_train_examples", "phantom
 
 def data_sources(config) -> list[tuple[str, str, str]]:
     """The real training set and every test set, checked before the first stage starts."""
-    from polypjax.configlib import split_specs
+    from polypjax.data.catalog import split_specs
     return [("data.train", config.data.train, "train")] + [
         ("data.test", spec, "test") for spec in split_specs(config.data.test)]
 
@@ -127,10 +127,9 @@ class Stages:
         self.records: dict[str, dict] = {}  # stage path -> stage.json, in the order they ran
 
     def run(self, rel: str, config, upstream: tuple[str, ...] = (), what: str = "") -> pathlib.Path:
-        from polypjax import configlib
         main = _main_module()
         out = self.workdir / rel
-        resolved = configlib.resolve(config)
+        resolved = tasks.resolve(config)
         key = {"config": resolved.to_dict(),
                "upstream": {u: self.records[u]["fingerprint"] for u in upstream}}
         fingerprint = _fingerprint(key)

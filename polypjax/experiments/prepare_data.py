@@ -12,7 +12,6 @@ import pathlib
 
 import numpy as np
 
-from polypjax import configlib
 from polypjax.data import catalog, export, inspect, phantom, sources, visualize
 
 
@@ -25,7 +24,7 @@ def data_sources(config) -> list:
 def run(config, workdir: pathlib.Path) -> None:
     reports = []
     for field, split in (("train", "train"), ("test", "test")):
-        for spec in configlib.split_specs(config.data[field]):
+        for spec in catalog.split_specs(config.data[field]):
             name = catalog.display_name(spec, split)
             s = catalog.parse_spec(spec, split)
             if s.kind == "folder":  # inspected before a source is made: making one stops at an error

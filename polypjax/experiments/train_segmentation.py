@@ -11,7 +11,7 @@ import pathlib
 
 import jax
 
-from polypjax.configlib import split_specs
+from polypjax.data.catalog import split_specs
 from polypjax.data import export
 from polypjax.train import loop
 from polypjax.train import segmentation

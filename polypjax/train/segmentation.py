@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from polypjax import parallel
-from polypjax.configlib import ConfigError, check_number, split_specs
+from polypjax.configlib import ConfigError, check_number
 from polypjax.data import catalog, export, pipeline, sources, visualize
 from polypjax.metrics.segmentation import accumulate
 from polypjax.models import segmenters
@@ -215,7 +215,7 @@ def validate(config) -> None:
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
     _check_image_size(config)
     loop.validate_train_config(config)
-    if not split_specs(config.data.test):
+    if not catalog.split_specs(config.data.test):
         raise ConfigError("config.data.test names no test set")
 
 
