@@ -238,11 +238,3 @@ def test_training_loss_learn_sigma_hybrid():
     g = jax.jit(jax.grad(lambda p: loss_parts(p)["vb"].sum()))(params)
     np.testing.assert_array_equal(g["w"][:, :2], 0.0)
     assert np.abs(np.asarray(g["w"][:, 2:])).sum() > 0
-
-
-def test_ema_update():
-    ema = {"a": jnp.ones(3), "b": {"c": jnp.zeros(2)}}
-    new = {"a": jnp.zeros(3), "b": {"c": jnp.ones(2)}}
-    out = O.ema_update(ema, new, 0.9)
-    np.testing.assert_allclose(out["a"], 0.9)
-    np.testing.assert_allclose(out["b"]["c"], 0.1)

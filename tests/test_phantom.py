@@ -1,7 +1,6 @@
 """Tests of the procedural phantom dataset: API, determinism, statistics and learnability."""
 import dataclasses
 import re
-import time
 
 import numpy as np
 import pytest
@@ -115,17 +114,6 @@ def test_domains_differ_in_colour():
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert np.linalg.norm(means[a] - means[b]) > 10.0, (a, b, means[a], means[b])
-
-
-def test_speed_report():
-    # Reported, not asserted: the test machine's cores are shared with other jobs.
-    make_pair(0, size=128)  # warm the per-size caches
-    n = 200
-    start = time.perf_counter()
-    for i in range(n):
-        make_pair(i, size=128)
-    elapsed = time.perf_counter() - start
-    print(f"\nphantom: {n / elapsed:.0f} pairs/s at 128 px ({1e3 * elapsed / n:.1f} ms/pair)")
 
 
 # ----------------------------------------------------------------------------- learnability

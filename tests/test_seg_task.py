@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from polypjax import configlib, tasks
+from polypjax import configlib, parallel, tasks
 from polypjax.data import export, phantom
 from polypjax.train import segmentation
 
@@ -62,6 +62,15 @@ def test_load_segmenter_predicts_like_the_task(trained):
     images = np.stack([src[i]["image"] for i in range(4)])
     logits = np.asarray(predict(images))
     assert logits.shape == (4, 32, 32, 1) and np.isfinite(logits).all()
+    # The same logits as the task's own evaluation function on the same checkpoint.
+    import orbax.checkpoint as ocp
+    task = segmentation.SegmentationTask(tasks.resolve(seg_config()), trained)
+    mngr = ocp.CheckpointManager((trained / "checkpoints").absolute(), item_names=("state", "data"))
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    batch = {"image": images, "mask": np.zeros(images.shape[:3], np.uint8)}
+    host = jax.device_get({"params": state["params"], "model_state": state["model_state"]})
+    want = task.predict_fn(parallel.make_mesh(1, 1))(host["params"], host["model_state"], batch)
+    np.testing.assert_allclose(logits, np.asarray(want), rtol=1e-5, atol=1e-5)
     with pytest.raises(configlib.ConfigError, match="no config.json"):
         segmentation.load_segmenter(trained / "eval")
 

@@ -36,10 +36,6 @@ def to_uint8_image(x: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-def to_binary_mask(m: jax.Array) -> jax.Array:
-    return (m[..., 0] > 0).astype(jnp.uint8)
-
-
 def make_unet(model_config, in_channels: int, out_channels: int, cond_channels: int = 0) -> ADMUNet:
     m = model_config
     return ADMUNet(model_channels=m.channels, out_channels=out_channels,  # ADMUNet doubles it for learn_sigma

@@ -215,8 +215,3 @@ def training_loss(
     else:
         vb = jnp.zeros_like(mse)
     return {"loss": mse + vb, "mse": mse, "vb": vb, "t": t}
-
-
-def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
-    """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema_params, params)

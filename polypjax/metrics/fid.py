@@ -13,20 +13,8 @@ import numpy as np
 import scipy.linalg
 
 import jax
-from jax.experimental import multihost_utils
 
-
-def _to_host(features):
-    """Whole [N, D] feature array as numpy, on every process.
-
-    A sharded jax.Array that this process can fully address (one process, any number of devices)
-    is assembled by device_get.  With several processes each holds only its shards, so they are
-    all-gathered first: every process then accumulates the same global moments, and any of them
-    can write the result.
-    """
-    if isinstance(features, jax.Array) and not features.is_fully_addressable:
-        features = multihost_utils.process_allgather(features, tiled=True)
-    return np.asarray(jax.device_get(features))
+from polypjax import parallel
 
 
 class FeatureMoments:
@@ -66,11 +54,11 @@ class FeatureMoments:
         valid: optional [B] bool, False for padding rows that evaluation pipelines add to make
         the last batch full.
         """
-        x = _to_host(features)
+        x = parallel.to_host(features)
         if x.ndim != 2:
             raise ValueError(f"features must be [batch, dim], got shape {x.shape}")
         if valid is not None:
-            x = x[np.asarray(_to_host(valid), bool)]
+            x = x[np.asarray(parallel.to_host(valid), bool)]
         self._init(x.shape[1])
         if self.keep_features:
             self._features.append(x.astype(np.float32))

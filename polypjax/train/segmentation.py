@@ -66,7 +66,6 @@ class SegmentationTask:
         self.train_sources, self.weights, self.replace_source = training_sources(config)
         self.test_sources = catalog.make_sources(config.data.test, config.data, default_split="test",
                                                  seed=config.seed)
-        self._eval_fn = None
         self.last_results = None  # the latest evaluation, {test set: figures}: what results.json reports
 
     # --- training -------------------------------------------------------------------------
@@ -104,11 +103,7 @@ class SegmentationTask:
         model = self.model
 
         def predict(params, model_state, batch):
-            image, _ = preprocess(batch, model.dtype)
-            logits = model.apply({"params": params, **model_state}, image, train=False)
-            if logits.ndim == 5:
-                logits = logits[-1]
-            return logits.astype(jnp.float32)
+            return logits_of(model, {"params": params, **model_state}, batch["image"])
 
         return jax.jit(predict, out_shardings=parallel.batch_sharding(mesh))
 
@@ -231,6 +226,14 @@ def _check_image_size(config) -> None:
                           f"for {config.model.name} with these features (its total downsampling)")
 
 
+def logits_of(model, variables, images):
+    """Segmenter logits float32 [N,H,W,1] of uint8 images (the last head under deep supervision):
+    what evaluation and inference both compute."""
+    image, _ = preprocess({"image": images, "mask": jnp.zeros(images.shape[:3], jnp.uint8)}, model.dtype)
+    logits = model.apply(variables, image, train=False)
+    return (logits[-1] if logits.ndim == 5 else logits).astype(jnp.float32)
+
+
 def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
     """A trained segmenter from a `train_segmentation` workdir, for inference on uint8 images.
 
@@ -247,9 +250,7 @@ def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
 
     @jax.jit
     def _predict(images):
-        image, _ = preprocess({"image": images, "mask": jnp.zeros(images.shape[:3], jnp.uint8)}, model.dtype)
-        logits = model.apply({"params": params, **model_state}, image, train=False)
-        return (logits[-1] if logits.ndim == 5 else logits).astype(jnp.float32)
+        return logits_of(model, {"params": params, **model_state}, images)
 
     @jax.jit
     def _features(images):
