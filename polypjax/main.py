@@ -20,11 +20,22 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
 
 
+def make_grain_flags_readable() -> None:
+    """grain's worker start reads one absl flag with `.value`, which fails before absl parsed the
+    command line (tests, notebooks, the pipeline's in-process stages). Marking that one flag present,
+    as grain itself does for its debug flags in workers, keeps its default readable without
+    declaring every flag of the process parsed; the entry point owns process-wide state."""
+    from polypjax.data.pipeline import GRAIN_WORKER_FLAG
+    if not flags.FLAGS.is_parsed() and GRAIN_WORKER_FLAG in flags.FLAGS:
+        flags.FLAGS[GRAIN_WORKER_FLAG].present = True
+
+
 def run(config, workdir: str) -> object:
     """Validates `config`, claims and records it in `workdir` and runs its task (also the API for tests)."""
     from polypjax import compile_cache, parallel, tasks
     from polypjax import workdir as workdir_lib
     compile_cache.enable()
+    make_grain_flags_readable()
     resolved = tasks.resolve(config)
     parallel.initialize_distributed(resolved.distributed.coordinator_address or None,
                                     resolved.distributed.num_processes, resolved.distributed.process_id)

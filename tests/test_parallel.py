@@ -7,8 +7,10 @@ import pytest
 from polypjax import parallel
 
 
-def test_eight_devices_are_simulated():
-    assert jax.device_count() == 8
+def test_default_mesh_spans_every_device_once():
+    mesh = parallel.make_mesh()
+    assert mesh.axis_names == ("data", "fsdp") and mesh.devices.shape == (jax.device_count(), 1)
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
 
 
 @pytest.mark.parametrize("data,fsdp", [(-1, 1), (4, 2), (1, 8)])

@@ -150,9 +150,11 @@ def test_augmented_stream_is_deterministic():
 
 
 def test_worker_processes_give_the_same_stream():
+    from polypjax import main
     src = CountingSource(12)
     kw = dict(image_size=None, global_batch_size=4, seed=5, process_index=0, process_count=1)
     inline = [_ids(b) for b in _take(iter(pipeline.train_dataset(src, **kw)), 4)]
+    main.make_grain_flags_readable()  # what the entry point does (pytest leaves absl flags unparsed)
     it = iter(pipeline.train_dataset(src, worker_count=1, **kw))
     assert [_ids(b) for b in _take(it, 4)] == inline
 
@@ -160,14 +162,21 @@ def test_worker_processes_give_the_same_stream():
 _ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
 from absl import flags
+from polypjax import main
 from polypjax.data import pipeline
 from test_pipeline import CountingSource
 if __name__ == "__main__":
+    try:  # the data code leaves process-wide flags to the entry point, and says so
+        pipeline.train_dataset(CountingSource(12), image_size=None, global_batch_size=4, seed=0, worker_count=2)
+        sys.exit("no error without the entry point's flag set-up")
+    except RuntimeError as e:
+        assert "polypjax.main.run" in str(e), e
+    main.make_grain_flags_readable()
     it = iter(pipeline.train_dataset(CountingSource(12), image_size=None, global_batch_size=4, seed=0,
                                      worker_count=2, process_index=0, process_count=1))
     for _ in range(8):  # workers outlive grain's short-lived threads that started them
         next(it)
-    assert not flags.FLAGS.is_parsed()  # no global side effect on the process's absl flags
+    assert not flags.FLAGS.is_parsed()  # one flag made readable, the rest untouched
     if sys.argv[1:] == ["exit"]:
         print("DONE", flush=True)
         sys.exit(0)

@@ -89,7 +89,7 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
     ds = ds.batch(local_batch, drop_remainder=True)
     it = ds.to_iter_dataset()
     if worker_count > 0:
-        _make_grain_flags_readable()
+        _check_grain_flags_readable()
         import functools
         import os
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
@@ -97,15 +97,19 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
     return it
 
 
-def _make_grain_flags_readable() -> None:
-    """grain reads one absl flag (worker profiling) with `.value` when it starts workers, which
-    fails before absl parsed the command line (scripts, tests, notebooks). Marking that one flag
-    present, as grain itself does for its debug flags in workers, keeps its default readable
-    without declaring every absl flag of the process parsed."""
+GRAIN_WORKER_FLAG = "grain_enable_multiprocess_worker_profiling"
+
+
+def _check_grain_flags_readable() -> None:
+    """grain reads one absl flag with `.value` whenever it starts workers (on a thread, mid-stream),
+    which fails before absl parsed the command line. Process-wide flags are the entry point's
+    business (`polypjax.main.run` makes that flag readable), so here a caller that skipped it gets
+    a clear error now instead of a grain traceback at the first batch."""
     from absl import flags
-    name = "grain_enable_multiprocess_worker_profiling"
-    if not flags.FLAGS.is_parsed() and name in flags.FLAGS:
-        flags.FLAGS[name].present = True
+    if not flags.FLAGS.is_parsed() and GRAIN_WORKER_FLAG in flags.FLAGS and not flags.FLAGS[GRAIN_WORKER_FLAG].present:
+        raise RuntimeError("data.worker_count > 0: grain's workers read absl flags, which are not parsed in this "
+                           "process; run through polypjax.main.run (or absl.app.run), or call "
+                           "polypjax.main.make_grain_flags_readable() first")
 
 
 _PARENT_POLL_S = 0.2
