@@ -34,7 +34,12 @@ def _tfds():
     """Imports tensorflow_datasets and registers the polypjax builders with it."""
     import importlib
 
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        from polypjax.data.sources import DataError
+        raise DataError("tfds: sources need tensorflow-datasets, which is not installed: "
+                        "pip install -e '.[tf]' (or read the folder layout instead)") from None
     for module, _ in BUILDERS.values():
         # tfds.builder finds a dataset by its registered class, which exists once imported.
         importlib.import_module(module)
