@@ -5,7 +5,11 @@ Both must be set before jax is imported anywhere, which is why they live here.
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM at -O0: the tests' programs are tiny, so compiling is most of their cost; -O0 compiles a
+# tiny ADM training step 3-4x faster (12 s -> 3.3 s here) and runs it no slower. Values differ from
+# -O3 only in float rounding; runs keep XLA's defaults.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 " + TEST_XLA_FLAGS)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))

@@ -23,7 +23,7 @@ READS_GENERATED = ("generated/joint", "evaluation/joint", "segmentation/joint/un
 
 
 # One CPU device, as `python -m polypjax.main` runs it (the test session simulates eight).
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # one device; as conftest
 
 
 def _command(workdir, *overrides):
