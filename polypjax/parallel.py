@@ -82,6 +82,10 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     for key, value in local_batch.items():
         value = np.asarray(value)
         if value.dtype.kind in "biuf":
+            if not value.flags.owndata:
+                # A view, e.g. of a grain worker's shared-memory batch: the CPU backend may alias
+                # it rather than copy, and keep that segment alive past the data iterator.
+                value = value.copy()
             out[key] = jax.make_array_from_process_local_data(sharding, value)
         else:
             out[key] = value

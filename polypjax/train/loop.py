@@ -215,12 +215,22 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
         if pending is not None:
             check(*pending)
         mngr.wait_until_finished()
+        _close(data_iter)  # data workers stop before the final evaluation needs the CPU
         writer.write_scalars(num_steps, task.evaluate(state, num_steps, writer))
     finally:
+        _close(data_iter)
         progress.close()
         mngr.wait_until_finished()
         writer.flush()
     return state
+
+
+def _close(data_iter) -> None:
+    """Stops grain's worker processes and frees their shared-memory batches (idempotent); left to
+    the garbage collector, they are still held at exit and Python warns of leaked shared memory."""
+    close = getattr(data_iter, "close", None)
+    if close is not None:
+        close()
 
 
 def _flat(d, prefix=""):
