@@ -88,7 +88,7 @@ class Reference:
         self.fd_real = self.fd(a_feats)
         self.fd_noise = self.fd(noise_feats)
         self.masks = mask_metrics.mask_statistics([p["mask"] for p in self.half_a])
-        self.msssim = evaluate.msssim_diversity(self.half_a, num_pairs=32, size=161, seed=seed, batch_size=16)["mean"]
+        self.msssim = evaluate.diversity(self.half_a, num_pairs=32, size=161, seed=seed, batch_size=16)["mean"]
         self.lc = evaluate.label_consistency(self.half_a, predict, size, 32)
 
     def fd(self, feats):
@@ -103,7 +103,7 @@ class Reference:
         return {"colour_mean": [round(c, 1) for c in colour["mean"]],
                 "colour_err": float(np.max(np.abs(np.subtract(colour["mean"], self.colour["mean"])))),
                 "seg_fd": self.fd(feats), "mDice": lc["mDice"], "chance_mDice": lc["chance_mDice"],
-                "msssim": evaluate.msssim_diversity(pairs, num_pairs=32, size=161, seed=0, batch_size=16)["mean"],
+                "msssim": evaluate.diversity(pairs, num_pairs=32, size=161, seed=0, batch_size=16)["mean"],
                 "area_w1": dist["area_fraction"], "border_w1": dist["touches_border"]}
 
 

@@ -218,30 +218,27 @@ def scan_set(source, *, name: str, mesh, image_size: int | None, batch_size: int
     return moments, joined
 
 
-def msssim_diversity(source, *, num_pairs: int, size: int, seed: int, batch_size: int, name: str = "") -> dict:
-    """The paper's diversity protocol: mean MS-SSIM over random distinct pairs of one set.
+class ResizedImages:
+    """The images of a set, each read and resized to `size` when indexed (for MS-SSIM's pairs)."""
 
-    Only the images that occur in a pair are read (resized to `size`), so a large set costs at
-    most 2 x num_pairs reads. Pairs run in fixed-size batches (the last one padded): one compile.
-    """
-    pairs = msssim.sample_distinct_pairs(len(source), num_pairs, seed)
-    needed = np.unique(pairs)
-    images = np.stack([pipeline.resize_pair(source[int(i)], size)["image"]
-                       for i in _progress(needed, desc=f"{name} MS-SSIM images", unit="image")])
-    pairs = np.searchsorted(needed, pairs)
-    batch = min(batch_size, len(pairs))
-    values = []
-    for start in range(0, len(pairs), batch):
-        idx = pairs[start:start + batch]
-        real = len(idx)
-        if real < batch:
-            idx = np.concatenate([idx, np.repeat(idx[:1], batch - real, axis=0)])
-        x = jnp.asarray(images[idx[:, 0]], jnp.float32) / 255.0
-        y = jnp.asarray(images[idx[:, 1]], jnp.float32) / 255.0
-        values.append(np.asarray(msssim.ms_ssim(x, y, data_range=1.0))[:real])
-    values = np.concatenate(values)
-    return {"mean": float(values.mean()), "std": float(values.std()), "num_pairs": int(len(values)),
-            "size": int(size)}
+    def __init__(self, source, size: int):
+        self.source = source
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return pipeline.resize_pair(self.source[index], self.size)["image"]
+
+
+def diversity(source, *, num_pairs: int, size: int, seed: int, batch_size: int, name: str = "") -> dict:
+    """The paper's diversity protocol (metrics/msssim.py) on a set resized to `size`: the mean
+    MS-SSIM over random distinct pairs, with its spread; only the images in a pair are read."""
+    mean, values = msssim.msssim_diversity(
+        ResizedImages(source, size), num_pairs=num_pairs, seed=seed, batch_size=batch_size,
+        progress=lambda needed: _progress(needed, desc=f"{name} MS-SSIM images", unit="image"))
+    return {"mean": mean, "std": float(values.std()), "num_pairs": int(len(values)), "size": int(size)}
 
 
 def label_consistency(source, predict, image_size: int, batch_size: int, mesh=None, name: str = "") -> dict:
@@ -408,7 +405,7 @@ def run(config, workdir: pathlib.Path) -> dict:
                           f"{real_name} now has {len(real_source)}; delete it or give another path")
 
     scan = functools.partial(scan_set, mesh=mesh, image_size=image_size, batch_size=e.batch_size)
-    diversity = functools.partial(msssim_diversity, num_pairs=e.msssim_pairs, size=e.msssim_size,
+    diversity_of = functools.partial(diversity, num_pairs=e.msssim_pairs, size=e.msssim_size,
                                   seed=config.seed, batch_size=e.batch_size)
 
     real_moments, real_masks = scan(real_source, name=real_name, extract=None if cached else extract)
@@ -428,7 +425,7 @@ def run(config, workdir: pathlib.Path) -> dict:
             save_real_stats(stats_path, real_mu, real_sigma, real_features, real_spec=real_spec,
                             image_size=image_size, num_images=len(real_source), dtype=e.inception_dtype)
             real["fid_statistics"] = f"computed, saved to {stats_path}"
-    real["msssim_diversity"] = diversity(real_source, name=real_name)
+    real["msssim_diversity"] = diversity_of(real_source, name=real_name)
     real["mask_statistics"] = mask_metrics.summarize(real_masks)
 
     predict = load_segmenter(pathlib.Path(e.segmenter_workdir).expanduser()) if e.segmenter_workdir else None
@@ -442,7 +439,7 @@ def run(config, workdir: pathlib.Path) -> dict:
                 mean, std = fid.kid(real_features, moments.features(), num_subsets=e.kid_subsets,
                                     subset_size=e.kid_subset_size, seed=config.seed)
                 r["kid"] = {"mean": mean, "std": std}
-        r["msssim_diversity"] = diversity(source, name=name)
+        r["msssim_diversity"] = diversity_of(source, name=name)
         r["mask_statistics"] = mask_metrics.summarize(gen_masks)
         r["mask_distances"] = mask_metrics.statistic_distances(real_masks, gen_masks)
         r["label_consistency"] = (label_consistency(source, predict, int(predict.image_size), e.batch_size,
