@@ -150,24 +150,6 @@ def save_real_stats(path: pathlib.Path, mu, sigma, features, *, real_spec: str, 
 
 # --------------------------------------------------------------------------- building blocks
 
-@functools.lru_cache(maxsize=None)
-def _inception_apply(dtype: str):
-    # One jitted function per dtype for the whole process: weights are an argument, so every
-    # set (and every run in one process, as in tests) reuses the same compilation.
-    from polypjax.models import inception
-    return jax.jit(inception.FIDInceptionV3(dtype=jnp.dtype(dtype)).apply)
-
-
-def inception_features_fn(weights_path, mesh, dtype: str = "float32"):
-    """`images (uint8 [N,H,W,3], sharded over the batch) -> float32 [N, 2048]` pool3 features."""
-    from polypjax.models import inception
-    with np.load(pathlib.Path(weights_path).expanduser()) as data:
-        flat = {k: data[k] for k in data.files}
-    variables = jax.device_put(inception.variables_from_flat(flat), parallel.replicated(mesh))
-    apply = _inception_apply(dtype)
-    return lambda images: apply(variables, images)
-
-
 class SameSizeSource:
     """A set read at its native size: batches need one shape, so every pair must match the first."""
 
@@ -397,7 +379,11 @@ def run(config, workdir: pathlib.Path) -> dict:
 
     reason = fid.fid_unavailable_reason(str(pathlib.Path(e.inception_weights).expanduser())
                                         if e.inception_weights else "")
-    extract = None if reason else inception_features_fn(e.inception_weights, mesh, e.inception_dtype)
+    extract = None
+    if reason is None:  # pool3 features of uint8 batches sharded over the mesh, weights replicated
+        from polypjax.models import inception
+        extract = inception.load_fid_inception(e.inception_weights, e.inception_dtype,
+                                               sharding=parallel.replicated(mesh))
     stats_path = pathlib.Path(e.real_stats).expanduser() if e.real_stats else None
     cached = load_real_stats(stats_path) if stats_path is not None and stats_path.exists() else None
     if cached is not None and cached["num_images"] not in (None, len(real_source)):
