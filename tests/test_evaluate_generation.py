@@ -216,15 +216,22 @@ def test_native_size_needs_one_size_per_set():
     ({"inception_weights": "/no/such/weights.npz"}, "inception_weights: FID Inception weights file '/no/such"),
     ({"segmenter_workdir": "/no/such/run"}, "segmenter_workdir: '/no/such/run' is not a train_segmentation"),
     ({"real_stats": "STALE"}, "computed with real_spec 'phantom-b' \\(now 'phantom-a'\\)"),
+    ({"real_stats": "NO_SIGMA"}, "real_stats: .*has keys \\['mu'\\]; FID statistics need 'mu' and 'sigma'"),
+    ({"real_stats": "NOT_NPZ"}, "real_stats: .*is not a readable .npz"),
 ])
 def test_bad_config_values_raise_before_work(folders, tmp_path, overrides, message):
     overrides = {"generated": folders["copy"], **overrides}
     if overrides["generated"] == "EMPTY_DIR":
         overrides["generated"] = str(tmp_path)
+    stats = tmp_path / "stats.npz"
     if overrides.get("real_stats") == "STALE":
-        np.savez(tmp_path / "stale.npz", mu=np.zeros(3), sigma=np.eye(3), real_spec=np.array("phantom-b"),
-                 image_size=np.array(48), inception_dtype=np.array("float32"))
-        overrides["real_stats"] = str(tmp_path / "stale.npz")
+        fid.save_stats(stats, np.zeros(3), np.eye(3), real_spec="phantom-b", image_size=48, inception_dtype="float32")
+    elif overrides.get("real_stats") == "NO_SIGMA":
+        np.savez(stats, mu=np.zeros(3))
+    elif overrides.get("real_stats") == "NOT_NPZ":
+        stats.write_text("mu, sigma")
+    if "real_stats" in overrides:
+        overrides["real_stats"] = str(stats)
     with pytest.raises(configlib.ConfigError, match=message):
         main.run(_config(**overrides), str(tmp_path / "wd"))
     assert not (tmp_path / "wd" / "config.json").exists()

@@ -113,39 +113,15 @@ def data_sources(config) -> list[tuple[str, str, str]]:
 def _check_cached_stats(path: pathlib.Path, real_spec: str, image_size, dtype: str) -> None:
     """Refuses a cache made for other data or settings (a pytorch-fid file has no such record)."""
     try:
-        with np.load(path) as f:
-            keys = set(f.files)
-            meta = {k: f[k].item() for k in ("real_spec", "image_size", "inception_dtype") if k in keys}
-    except Exception as e:  # np.load raises several types for a file that is not an .npz
-        raise ConfigError(f"config.evaluate.real_stats: {path} is not a readable .npz ({e})") from None
-    if not {"mu", "sigma"} <= keys:
-        raise ConfigError(f"config.evaluate.real_stats: {path} has keys {sorted(keys)}; "
-                          "FID statistics need 'mu' and 'sigma'")
+        meta = fid.load_stats(path, arrays=False)
+    except ValueError as e:
+        raise ConfigError(f"config.evaluate.real_stats: {e}") from None
     want = {"real_spec": real_spec, "image_size": image_size or 0, "inception_dtype": dtype}
-    diff = {k: (meta[k], want[k]) for k in meta if meta[k] != want[k]}
+    diff = {k: (meta[k], want[k]) for k in want if k in meta and meta[k] != want[k]}
     if diff:
         what = ", ".join(f"{k} {old!r} (now {new!r})" for k, (old, new) in diff.items())
         raise ConfigError(f"config.evaluate.real_stats: {path} was computed with {what}; "
                           "delete it or give another path")
-
-
-def load_real_stats(path: pathlib.Path) -> dict:
-    with np.load(path) as f:
-        out = {"mu": f["mu"][:], "sigma": f["sigma"][:],
-               "features": f["features"][:] if "features" in f.files else None,
-               "num_images": int(f["num_images"]) if "num_images" in f.files else None}
-    return out
-
-
-def save_real_stats(path: pathlib.Path, mu, sigma, features, *, real_spec: str, image_size, num_images: int,
-                    dtype: str) -> None:
-    """pytorch-fid's `mu`/`sigma` keys, plus the features (KID needs them) and what they were made from."""
-    buf = io.BytesIO()
-    # Uncompressed: float covariances barely compress, and zlib on 32 MB costs seconds.
-    np.savez(buf, mu=mu, sigma=sigma, features=np.asarray(features, np.float32),
-             real_spec=np.array(real_spec), image_size=np.array(image_size or 0),
-             num_images=np.array(num_images), inception_dtype=np.array(dtype))
-    export.atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -385,8 +361,8 @@ def run(config, workdir: pathlib.Path) -> dict:
         extract = inception.load_fid_inception(e.inception_weights, e.inception_dtype,
                                                sharding=parallel.replicated(mesh))
     stats_path = pathlib.Path(e.real_stats).expanduser() if e.real_stats else None
-    cached = load_real_stats(stats_path) if stats_path is not None and stats_path.exists() else None
-    if cached is not None and cached["num_images"] not in (None, len(real_source)):
+    cached = fid.load_stats(stats_path) if stats_path is not None and stats_path.exists() else None
+    if cached is not None and cached.get("num_images") not in (None, len(real_source)):
         raise ConfigError(f"config.evaluate.real_stats: {stats_path} holds {cached['num_images']} real images, "
                           f"{real_name} now has {len(real_source)}; delete it or give another path")
 
@@ -408,8 +384,11 @@ def run(config, workdir: pathlib.Path) -> dict:
         real_features = real_moments.features()
         real["fid_statistics"] = "computed"
         if stats_path is not None and jax.process_index() == 0:
-            save_real_stats(stats_path, real_mu, real_sigma, real_features, real_spec=real_spec,
-                            image_size=image_size, num_images=len(real_source), dtype=e.inception_dtype)
+            buf = io.BytesIO()  # pytorch-fid's mu/sigma, the features KID needs, what they were made from
+            fid.save_stats(buf, real_mu, real_sigma, real_features, real_spec=real_spec,
+                           image_size=image_size or 0, num_images=len(real_source),
+                           inception_dtype=e.inception_dtype)
+            export.atomic_write_bytes(stats_path, buf.getvalue())
             real["fid_statistics"] = f"computed, saved to {stats_path}"
     real["msssim_diversity"] = diversity_of(real_source, name=real_name)
     real["mask_statistics"] = mask_metrics.summarize(real_masks)
