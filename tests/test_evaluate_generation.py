@@ -12,7 +12,7 @@ import pytest
 
 from polypjax import configlib, main
 from polypjax.data import catalog, export, sources
-from polypjax.experiments import evaluate
+from polypjax.experiments import evaluate, generation_metrics
 from polypjax.metrics import fid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -170,9 +170,9 @@ def test_feature_distances_match_scipy_sqrtm_reference():
     mu1, mu2 = ref.mean(0), gen.mean(0)
     s1, s2 = np.cov(ref, rowvar=False), np.cov(gen, rowvar=False)
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    got = evaluate.feature_distances(ref, gen, kid_subsets=5, kid_subset_size=20, seed=0)
+    got = generation_metrics.feature_distances(ref, gen, kid_subsets=5, kid_subset_size=20, seed=0)
     assert got["fd"] == pytest.approx(expected, rel=1e-8)
-    same = evaluate.feature_distances(ref, ref, kid_subsets=5, kid_subset_size=20, seed=0)
+    same = generation_metrics.feature_distances(ref, ref, kid_subsets=5, kid_subset_size=20, seed=0)
     assert same["fd"] == pytest.approx(0.0, abs=1e-8)
     assert got["kid"]["mean"] == pytest.approx(fid.kid(ref, gen, num_subsets=5, subset_size=20, seed=0)[0])
 
@@ -184,20 +184,20 @@ def test_label_consistency_with_stand_in_segmenter():
         mask = np.zeros((32, 32), np.uint8)
         mask[rng.integers(0, 16):, rng.integers(0, 16):rng.integers(17, 32)] = 1
         pairs.append({"image": np.repeat(mask[..., None] * 255, 3, axis=-1), "mask": mask, "id": str(i)})
-    same = evaluate.label_consistency(pairs, _threshold_predictor(32), 32, batch_size=4)
+    same = generation_metrics.label_consistency(pairs, _threshold_predictor(32), 32, batch_size=4)
     assert same["mDice"] == pytest.approx(1.0) and same["mIoU"] == pytest.approx(1.0) and same["num_images"] == 5
     # Chance: predictions against a neighbour's mask, only where both are real (not padding).
     assert same["chance_num_images"] == 4 and same["chance_mDice"] < 0.8
-    inverse = evaluate.label_consistency(pairs, _threshold_predictor(32, invert=True), 32, batch_size=4)
+    inverse = generation_metrics.label_consistency(pairs, _threshold_predictor(32, invert=True), 32, batch_size=4)
     assert inverse["mDice"] == pytest.approx(0.0) and inverse["num_images"] == 5
-    resized = evaluate.label_consistency(pairs, _threshold_predictor(16), 16, batch_size=8)
+    resized = generation_metrics.label_consistency(pairs, _threshold_predictor(16), 16, batch_size=8)
     assert resized["mDice"] > 0.9
 
 
 def test_native_size_needs_one_size_per_set():
     pairs = [{"image": np.zeros((20, 30, 3), np.uint8), "mask": np.zeros((20, 30), np.uint8), "id": "a"},
              {"image": np.zeros((20, 20, 3), np.uint8), "mask": np.zeros((20, 20), np.uint8), "id": "b"}]
-    source = evaluate.SameSizeSource(pairs, "mixed")
+    source = generation_metrics.SameSizeSource(pairs, "mixed")
     assert source[0]["id"] == "a"
     with pytest.raises(sources.DataError, match="b is 20x20 px but the first image is 30x20.*image_size"):
         source[1]
@@ -216,15 +216,22 @@ def test_native_size_needs_one_size_per_set():
     ({"inception_weights": "/no/such/weights.npz"}, "inception_weights: FID Inception weights file '/no/such"),
     ({"segmenter_workdir": "/no/such/run"}, "segmenter_workdir: '/no/such/run' is not a train_segmentation"),
     ({"real_stats": "STALE"}, "computed with real_spec 'phantom-b' \\(now 'phantom-a'\\)"),
+    ({"real_stats": "NO_SIGMA"}, "real_stats: .*has keys \\['mu'\\]; FID statistics need 'mu' and 'sigma'"),
+    ({"real_stats": "NOT_NPZ"}, "real_stats: .*is not a readable .npz"),
 ])
 def test_bad_config_values_raise_before_work(folders, tmp_path, overrides, message):
     overrides = {"generated": folders["copy"], **overrides}
     if overrides["generated"] == "EMPTY_DIR":
         overrides["generated"] = str(tmp_path)
+    stats = tmp_path / "stats.npz"
     if overrides.get("real_stats") == "STALE":
-        np.savez(tmp_path / "stale.npz", mu=np.zeros(3), sigma=np.eye(3), real_spec=np.array("phantom-b"),
-                 image_size=np.array(48), inception_dtype=np.array("float32"))
-        overrides["real_stats"] = str(tmp_path / "stale.npz")
+        fid.save_stats(stats, np.zeros(3), np.eye(3), real_spec="phantom-b", image_size=48, inception_dtype="float32")
+    elif overrides.get("real_stats") == "NO_SIGMA":
+        np.savez(stats, mu=np.zeros(3))
+    elif overrides.get("real_stats") == "NOT_NPZ":
+        stats.write_text("mu, sigma")
+    if "real_stats" in overrides:
+        overrides["real_stats"] = str(stats)
     with pytest.raises(configlib.ConfigError, match=message):
         main.run(_config(**overrides), str(tmp_path / "wd"))
     assert not (tmp_path / "wd" / "config.json").exists()

@@ -144,22 +144,39 @@ def test_kid_matches_direct_formula():
 
 
 def test_stats_files_compatible_with_pytorch_fid(tmp_path):
+    import io
     rng = np.random.default_rng(9)
-    mu, sigma = rng.normal(size=8), rng.normal(size=(8, 8))
+    mu, sigma, feats = rng.normal(size=8), rng.normal(size=(8, 8)), rng.normal(size=(5, 8))
     ours = tmp_path / "ours.npz"
-    fid.save_stats(ours, mu, sigma)
+    fid.save_stats(ours, mu, sigma, feats, real_spec="phantom-a", image_size=0, num_images=5,
+                   inception_dtype="float32")
     with np.load(ours) as f:  # what pytorch-fid's compute_statistics_of_path reads
         np.testing.assert_array_equal(f["mu"][:], mu)
         np.testing.assert_array_equal(f["sigma"][:], sigma)
+    got = fid.load_stats(ours)
+    np.testing.assert_array_equal(got.pop("mu"), mu)
+    np.testing.assert_array_equal(got.pop("sigma"), sigma)
+    assert got.pop("features").dtype == np.float32
+    assert got == {"real_spec": "phantom-a", "image_size": 0, "num_images": 5, "inception_dtype": "float32"}
+    assert fid.load_stats(ours, arrays=False) == got
+    buf = io.BytesIO()  # a file object (evaluate_generation writes its bytes atomically)
+    fid.save_stats(buf, mu, sigma)
+    assert fid.load_stats(io.BytesIO(buf.getvalue()))["features"] is None
+
     theirs = tmp_path / "theirs.npz"
     np.savez_compressed(theirs, mu=mu, sigma=sigma)  # pytorch-fid --save-stats
-    got_mu, got_sigma = fid.load_stats(theirs)
-    np.testing.assert_array_equal(got_mu, mu)
-    np.testing.assert_array_equal(got_sigma, sigma)
+    got = fid.load_stats(theirs)
+    np.testing.assert_array_equal(got["mu"], mu)
+    np.testing.assert_array_equal(got["sigma"], sigma)
+    assert got["features"] is None and set(got) == {"mu", "sigma", "features"}
     bad = tmp_path / "bad.npz"
     np.savez(bad, mean=mu)
-    with pytest.raises(KeyError, match="mu"):
-        fid.load_stats(bad)
+    with pytest.raises(ValueError, match="has keys \\['mean'\\]; FID statistics need 'mu'"):
+        fid.load_stats(bad, arrays=False)
+    text = tmp_path / "text.npz"
+    text.write_text("not an npz")
+    with pytest.raises(ValueError, match="text.npz is not a readable .npz"):
+        fid.load_stats(text)
 
 
 def test_fid_unavailable_reason(tmp_path):

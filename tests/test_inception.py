@@ -49,6 +49,19 @@ def test_features_match_pytorch_fid(fixture, weights_file):
         assert err <= 1e-4 * np.abs(ref).max(), (group, err, np.abs(ref).max())
 
 
+def test_loads_share_one_jitted_function_and_place_weights(weights_file):
+    # evaluate_generation loads once per run, replicated over its mesh; runs in one process reuse
+    # the compiled programs.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    first = inception.load_fid_inception(weights_file)
+    second = inception.load_fid_inception(weights_file, "float32", sharding=replicated)
+    assert first.func is second.func
+    assert inception.load_fid_inception(weights_file, jnp.bfloat16).func is not first.func
+    kernel = second.args[0]["params"]["Conv2d_1a_3x3"]["conv"]["kernel"]
+    assert kernel.sharding.is_equivalent_to(replicated, kernel.ndim)
+
+
 def test_bfloat16_features_close(fixture, torch_state_dict):
     variables = inception.variables_from_flat(inception.convert_state_dict(torch_state_dict))
     model = inception.FIDInceptionV3(dtype=jnp.bfloat16)

@@ -99,3 +99,27 @@ def test_msssim_diversity(fixture):
     pairs = msssim.sample_distinct_pairs(len(varied), 5, seed=1)
     direct = np.asarray(msssim.ms_ssim(_f(varied[pairs[:, 0]]), _f(varied[pairs[:, 1]])))
     np.testing.assert_allclose(mean_varied, direct.mean(), atol=1e-6)
+
+
+def test_msssim_diversity_of_a_lazy_set_reads_only_paired_images(fixture):
+    # What evaluate_generation gives it: a set read one image at a time (here 8 images, 3 pairs).
+    varied = np.concatenate([fixture["x_square"], fixture["y_square"]])[:8]
+
+    class Lazy:
+        read = []
+
+        def __len__(self):
+            return len(varied)
+
+        def __getitem__(self, i):
+            self.read.append(i)
+            return varied[i]
+
+    seen = []
+    mean, vals = msssim.msssim_diversity(Lazy(), num_pairs=3, batch_size=2, seed=2,
+                                         progress=lambda idx: seen.append(len(idx)) or idx)
+    pairs = msssim.sample_distinct_pairs(len(varied), 3, seed=2)
+    assert sorted(Lazy.read) == sorted(set(pairs.ravel().tolist())) and seen == [len(Lazy.read)]
+    mean_array, vals_array = msssim.msssim_diversity(varied, num_pairs=3, batch_size=2, seed=2)
+    np.testing.assert_array_equal(vals, vals_array)
+    assert mean == mean_array and vals.shape == (3,)

@@ -36,7 +36,7 @@ from configs import diffusion as diffusion_config  # noqa: E402
 from polypjax import parallel  # noqa: E402
 from polypjax.data import catalog, export, visualize  # noqa: E402
 from polypjax.diffusion import generators  # noqa: E402
-from polypjax.experiments import evaluate  # noqa: E402
+from polypjax.experiments import evaluate, generation_metrics  # noqa: E402
 from polypjax.metrics import masks as mask_metrics  # noqa: E402
 from polypjax.train import loop  # noqa: E402
 from polypjax.train.diffusion import DiffusionTask  # noqa: E402
@@ -81,29 +81,31 @@ class Reference:
         self.half_a = [source[int(i)] for i in order[:n]]
         half_b = [source[int(i)] for i in order[n:3 * n]]
         size = int(predict.image_size)
-        self.ref_feats, _ = evaluate.segmenter_scan(half_b, predict, size, 32, name="reference")
-        a_feats, self.colour = evaluate.segmenter_scan(self.half_a, predict, size, 32, name="real A")
-        noise = evaluate.matched_noise_source(self.colour, n, size, seed)
-        noise_feats, _ = evaluate.segmenter_scan(noise, predict, size, 32, name="noise")
+        self.ref_feats, _ = generation_metrics.segmenter_scan(half_b, predict, size, 32, name="reference")
+        a_feats, self.colour = generation_metrics.segmenter_scan(self.half_a, predict, size, 32, name="real A")
+        noise = generation_metrics.matched_noise_source(self.colour, n, size, seed)
+        noise_feats, _ = generation_metrics.segmenter_scan(noise, predict, size, 32, name="noise")
         self.fd_real = self.fd(a_feats)
         self.fd_noise = self.fd(noise_feats)
         self.masks = mask_metrics.mask_statistics([p["mask"] for p in self.half_a])
-        self.msssim = evaluate.msssim_diversity(self.half_a, num_pairs=32, size=161, seed=seed, batch_size=16)["mean"]
-        self.lc = evaluate.label_consistency(self.half_a, predict, size, 32)
+        self.msssim = generation_metrics.diversity(self.half_a, num_pairs=32, size=161, seed=seed,
+                                                   batch_size=16)["mean"]
+        self.lc = generation_metrics.label_consistency(self.half_a, predict, size, 32)
 
     def fd(self, feats):
-        return evaluate.feature_distances(self.ref_feats, feats, kid_subsets=20, kid_subset_size=64, seed=0)["fd"]
+        return generation_metrics.feature_distances(self.ref_feats, feats, kid_subsets=20, kid_subset_size=64,
+                                                    seed=0)["fd"]
 
     def score(self, images, masks) -> dict:
         pairs = [{"image": i, "mask": m} for i, m in zip(images, masks)]
         size = int(self.predict.image_size)
-        feats, colour = evaluate.segmenter_scan(pairs, self.predict, size, 32, name="generated")
-        lc = evaluate.label_consistency(pairs, self.predict, size, 32)
+        feats, colour = generation_metrics.segmenter_scan(pairs, self.predict, size, 32, name="generated")
+        lc = generation_metrics.label_consistency(pairs, self.predict, size, 32)
         dist = mask_metrics.statistic_distances(self.masks, mask_metrics.mask_statistics(masks))
         return {"colour_mean": [round(c, 1) for c in colour["mean"]],
                 "colour_err": float(np.max(np.abs(np.subtract(colour["mean"], self.colour["mean"])))),
                 "seg_fd": self.fd(feats), "mDice": lc["mDice"], "chance_mDice": lc["chance_mDice"],
-                "msssim": evaluate.msssim_diversity(pairs, num_pairs=32, size=161, seed=0, batch_size=16)["mean"],
+                "msssim": generation_metrics.diversity(pairs, num_pairs=32, size=161, seed=0, batch_size=16)["mean"],
                 "area_w1": dist["area_fraction"], "border_w1": dist["touches_border"]}
 
 

@@ -1,5 +1,6 @@
-"""The pipeline's report: results.csv (one row per generator, model, regime, N, seed, test set),
-results.json, report.md and a self-contained report.html (figures embedded as PNG data URIs)."""
+"""The reports: the pipeline's (`write`: results.csv, one row per generator, model, regime, N, seed,
+test set; results.json, report.md and a self-contained report.html with figures embedded as PNG
+data URIs) and evaluate_generation's generation_metrics.md (`generation_markdown`)."""
 from __future__ import annotations
 
 import base64
@@ -12,6 +13,7 @@ import pathlib
 import numpy as np
 
 from polypjax.data import export
+from polypjax.metrics import masks as mask_metrics
 
 METRICS = ("mDice", "mIoU", "dice", "iou")
 CSV_FIELDS = ("generator", "model", "regime", "protocol", "N", "seed", "test_set", *METRICS, "num_images")
@@ -315,3 +317,81 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
     export.atomic_write_text(out / "report.html", "".join(hp))
     print("\n".join(md[: md.index("## Configuration")]))
     return result
+
+
+# --------------------------------------------------------------------------- evaluate_generation
+
+REAL_ROW = "real (reference)"
+
+
+def _rgb(v, digits: int = 1) -> str:
+    return "/".join(f"{x:.{digits}f}" for x in v)
+
+
+def _segmenter_feature_lines(report: dict) -> list[str]:
+    b = report.get("segmenter_feature_baselines")
+    if not b:
+        return []
+    lines = ["", "## Segmenter features and colour", "",
+             f"Features: {b['features']}. Fréchet distance (FD) and KID to that reference, beside two "
+             "baselines that give them a scale: the other half of the real set (real vs real) and Gaussian "
+             "noise with the real per-channel colour mean/std. A good generator is near the first, far "
+             "from the second. Colour: per-channel RGB mean and std in 0-255 levels over all pixels.", "",
+             "| set | images | segmenter FD | segmenter KID (mean ± std) | RGB mean | RGB std | mean error |",
+             "|---|---|---|---|---|---|---|"]
+    rc = b["real_colour"]
+    for name, r in (("real vs real (baseline)", b["real_vs_real"]), ("colour-matched noise (baseline)", b["noise"])):
+        lines.append(f"| {name} | {r['num_images']} | {_num(r['fd'], 3)} | {r['kid']['mean']:.4f} ± "
+                     f"{r['kid']['std']:.4f} | – | – | – |")
+    lines.append(f"| {REAL_ROW} | {report['real']['num_images']} | – | – | {_rgb(rc['mean'])} | {_rgb(rc['std'])} | – |")
+    for r in report["generated"]:
+        f = r.get("segmenter_features")
+        if f:
+            c = f["colour"]
+            lines.append(f"| {r['name']} | {r['num_images']} | {_num(f['fd'], 3)} | {f['kid']['mean']:.4f} ± "
+                         f"{f['kid']['std']:.4f} | {_rgb(c['mean'])} | {_rgb(c['std'])} | {_rgb(c['mean_abs_error'])} |")
+    return lines
+
+
+def generation_markdown(report: dict) -> str:
+    """generation_metrics.md of an evaluate_generation report (its generation_metrics.json)."""
+    real, s = report["real"], report["settings"]
+    size = f"{s['image_size']} px" if s["image_size"] else "native size"
+    lines = ["# Generation metrics", "",
+             f"Real reference: `{real['name']}` ({real['num_images']} images). Inception input: {size} "
+             f"(resized to 299 inside the model). MS-SSIM: {s['msssim_size']} px, up to {s['msssim_pairs']} "
+             f"random distinct pairs per set (seed {s['seed']}); lower = more diverse, compare with the "
+             "real value.", "",
+             "| set | images | FID | KID (mean ± std) | MS-SSIM diversity | label mDice | label mIoU "
+             "| label mDice, chance |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def row(name, r, fid_cell, kid_cell):
+        lc = r.get("label_consistency") or {}
+        return (f"| {name} | {r['num_images']} | {fid_cell} | {kid_cell} | "
+                f"{_num(r['msssim_diversity']['mean'], 4)} | {_num(lc.get('mDice'), 4)} | "
+                f"{_num(lc.get('mIoU'), 4)} | {_num(lc.get('chance_mDice'), 4)} |")
+
+    lines.append(row(REAL_ROW, real, "–", "–"))
+    for r in report["generated"]:
+        fid_cell = _num(r["fid"], 2) if r["fid"] is not None else "n/a"
+        kid_cell = f"{r['kid']['mean']:.4f} ± {r['kid']['std']:.4f}" if r["kid"] else "n/a"
+        lines.append(row(r["name"], r, fid_cell, kid_cell))
+    lines += ["", "Label consistency: a segmenter trained on real data, scored against each set's own masks; "
+              "chance: the same predictions against the mask of another pair of the set.", ""]
+    for key, what in (("fid_unavailable_reason", "FID/KID unavailable"),
+                      ("label_consistency_unavailable_reason", "Label consistency not measured")):
+        if report.get(key):
+            lines.append(f"{what}: {report[key]}.")
+    if report.get("kid_unavailable_reason") and not report.get("fid_unavailable_reason"):
+        lines.append(f"KID unavailable: {report['kid_unavailable_reason']}.")
+    lines += _segmenter_feature_lines(report)
+    columns = {"real mean": real["mask_statistics"]}
+    for r in report["generated"]:
+        columns[f"{r['name']} mean"] = r["mask_statistics"]
+        columns[f"{r['name']} W1"] = r["mask_distances"]
+    lines += ["", "## Mask statistics", "",
+              "Mean per set, and the Wasserstein-1 distance of each generated set's distribution to the "
+              "real one (in the statistic's units; 0 = same distribution).", "",
+              mask_metrics.markdown_table(columns)]
+    return "\n".join(lines)

@@ -156,17 +156,52 @@ def fid_from_moments(moments1, moments2, method="eigh"):
     return frechet_distance(*moments1.mean_cov(), *moments2.mean_cov(), method=method)
 
 
-def save_stats(path, mu, sigma):
-    """Write statistics as pytorch-fid does (np.savez_compressed with keys `mu`, `sigma`)."""
-    np.savez_compressed(path, mu=np.asarray(mu), sigma=np.asarray(sigma))
+STATS_ARRAYS = ("mu", "sigma", "features")
 
 
-def load_stats(path):
-    """(mu, sigma) from a pytorch-fid style .npz (ours or pytorch-fid's --save-stats output)."""
-    with np.load(path) as f:
-        if "mu" not in f.files or "sigma" not in f.files:
-            raise KeyError(f"{path} has keys {f.files}; FID statistics need 'mu' and 'sigma'")
-        return f["mu"][:], f["sigma"][:]
+def save_stats(file, mu, sigma, features=None, **metadata):
+    """FID statistics as an .npz that pytorch-fid reads (keys `mu`, `sigma`), plus, optionally, the
+    features they come from (float32; KID needs them) and scalar metadata (what they were made
+    from, e.g. real_spec, image_size, num_images, inception_dtype), one 0-d array each.
+
+    file: a path or a binary file object, as for np.savez (a file object lets the caller write
+    the bytes atomically). Uncompressed: float covariances barely compress, and zlib on 32 MB
+    costs seconds.
+    """
+    arrays = {"mu": np.asarray(mu), "sigma": np.asarray(sigma)}
+    if features is not None:
+        arrays["features"] = np.asarray(features, np.float32)
+    np.savez(file, **arrays, **{k: np.array(v) for k, v in metadata.items()})
+
+
+def load_stats(file, arrays=True):
+    """{"mu", "sigma", "features" (None when absent), **metadata} of a `save_stats` file or of
+    pytorch-fid's --save-stats output (mu and sigma only, no metadata).
+
+    arrays=False reads only the metadata (and checks that mu and sigma are there): a cheap check
+    of a cache before a run. ValueError, naming the file, when it is not an .npz or lacks
+    mu/sigma.
+    """
+    try:
+        f = np.load(file)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # np.load raises several types for a file that is not an .npz
+        raise ValueError(f"{file} is not a readable .npz ({e})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{file} is not a readable .npz (it holds a single array)")
+    with f:
+        keys = set(f.files)
+        if not {"mu", "sigma"} <= keys:
+            raise ValueError(f"{file} has keys {sorted(keys)}; FID statistics need 'mu' and 'sigma'")
+        out = {}
+        for k in f.files:
+            if k not in STATS_ARRAYS and f[k].ndim == 0:
+                out[k] = f[k].item()
+        if arrays:
+            out.update(mu=f["mu"][:], sigma=f["sigma"][:],
+                       features=f["features"][:] if "features" in keys else None)
+    return out
 
 
 def _poly_kernel(x, y):

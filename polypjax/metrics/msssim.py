@@ -178,18 +178,26 @@ def sample_distinct_pairs(n, num_pairs, seed=0):
     return np.array(list(chosen), dtype=np.int64)
 
 
-def msssim_diversity(images, num_pairs=1000, seed=0, batch_size=32, data_range=None, **kwargs):
+def msssim_diversity(images, num_pairs=1000, seed=0, batch_size=32, data_range=None, progress=None, **kwargs):
     """Mean MS-SSIM over random pairs of distinct images of one set (lower = more diverse).
 
-    images: NHWC, uint8 (scaled to [0, 1]) or float with the given data_range (default 1.0).
+    images: an NHWC array, or any sequence (len, [i] -> HWC image) such as a lazily read set, of
+    which only the images that occur in a pair are read (a large set costs at most 2 x num_pairs
+    reads); `progress` wraps the iteration over those indices (e.g. a tqdm bar). uint8 images are
+    scaled to [0, 1]; float ones are used with the given data_range (default 1.0).
     Pairs are evaluated in fixed-size batches (the last one padded) so one compilation serves
     the whole set.  Returns (mean, per-pair values).
     """
-    images = np.asarray(images) if not isinstance(images, jax.Array) else images
+    pairs = sample_distinct_pairs(len(images), num_pairs, seed)
+    needed = np.unique(pairs)
+    if isinstance(images, (np.ndarray, jax.Array)):
+        images = images[needed]
+    else:
+        images = np.stack([np.asarray(images[int(i)]) for i in (needed if progress is None else progress(needed))])
+    pairs = np.searchsorted(needed, pairs)
     integer = not jnp.issubdtype(images.dtype, jnp.floating)
     if data_range is None:
         data_range = 1.0
-    pairs = sample_distinct_pairs(len(images), num_pairs, seed)
     batch_size = min(batch_size, len(pairs))
     values = []
     for start in range(0, len(pairs), batch_size):

@@ -316,13 +316,22 @@ def variables_from_flat(flat):
         {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep="/")
 
 
-def load_fid_inception(path, dtype=jnp.float32, precision=None):
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(dtype: str, precision):
+    # One jitted function per (dtype, precision) for the whole process: the weights are an
+    # argument, so every loaded copy (every set, every run in one process) shares its compilations.
+    return jax.jit(FIDInceptionV3(dtype=jnp.dtype(dtype), precision=precision).apply)
+
+
+def load_fid_inception(path, dtype=jnp.float32, precision=None, sharding=None):
     """Jitted `images uint8 [N,H,W,3] -> float32 [N,2048]` from a converted `.npz` weights file.
 
     Weights are passed to the jitted function as arguments rather than closed over, so 90 MB of
-    constants are not baked into every compiled executable (one per input size).
+    constants are not baked into every compiled executable (one per input size); `sharding`
+    (e.g. replicated over a mesh) places them. The jitted function is built once per dtype and
+    precision per process, whatever the number of loads.
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"FID Inception weights not found at {path!r}. Download pytorch-fid's "
@@ -332,10 +341,6 @@ def load_fid_inception(path, dtype=jnp.float32, precision=None):
     with np.load(path) as data:
         flat = {k: data[k] for k in data.files}
     variables = variables_from_flat(flat)
-    model = FIDInceptionV3(dtype=dtype, precision=precision)
-
-    @jax.jit
-    def apply(variables, images):
-        return model.apply(variables, images)
-
-    return functools.partial(apply, variables)
+    if sharding is not None:
+        variables = jax.device_put(variables, sharding)
+    return functools.partial(_jitted_apply(jnp.dtype(dtype).name, precision), variables)

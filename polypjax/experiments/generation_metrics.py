@@ -1,0 +1,195 @@
+"""What evaluate_generation measures on one set, in one ordered pass each: Inception features and
+mask statistics (`scan_set`), MS-SSIM diversity (`diversity`), label consistency with a segmenter
+(`label_consistency`), and segmenter-feature FD/KID with colour statistics and their two baselines
+(`segmenter_feature_report`). The maths is in metrics/; this module feeds it sets of pairs.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polypjax import parallel
+from polypjax.data import pipeline, sources
+from polypjax.metrics import fid
+from polypjax.metrics import masks as mask_metrics
+from polypjax.metrics import msssim
+
+
+class SameSizeSource:
+    """A set read at its native size: batches need one shape, so every pair must match the first."""
+
+    def __init__(self, source, name: str):
+        self.source = source
+        self.name = name
+        self.shape = source[0]["image"].shape[:2]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.source[index]
+        if pair["image"].shape[:2] != self.shape:
+            (h, w), (h0, w0) = pair["image"].shape[:2], self.shape
+            raise sources.DataError(f"{self.name}: {pair.get('id', index)} is {w}x{h} px but the first image is "
+                                    f"{w0}x{h0}; with images of several sizes set a common size, e.g. "
+                                    "--config.evaluate.image_size=256")
+        return pair
+
+
+def _progress(iterable, **kwargs):
+    from tqdm import tqdm
+    # disable=None: a bar on a terminal, none in logs; one bar for the job, from process 0.
+    return tqdm(iterable, disable=None if jax.process_index() == 0 else True, **kwargs)
+
+
+def scan_set(source, *, name: str, mesh, image_size: int | None, batch_size: int, extract=None,
+             keep_features: bool = True):
+    """One ordered pass over a set: Inception feature moments (when `extract`) and mask statistics.
+
+    Returns (FeatureMoments or None, {statistic: [N] array}). Padding rows of the last batch are
+    dropped with the pipeline's `valid` field.
+    """
+    if image_size is None:
+        source = SameSizeSource(source, name)
+    moments = fid.FeatureMoments(keep_features=keep_features) if extract is not None else None
+    stats = []
+    ds = pipeline.eval_dataset(source, image_size=image_size, global_batch_size=batch_size)
+    for local in _progress(ds, total=pipeline.num_eval_batches(source, batch_size), desc=name, unit="batch"):
+        batch = parallel.global_batch({k: local[k] for k in ("image", "mask", "valid")}, mesh)
+        features = extract(batch["image"]) if extract is not None else None  # async: overlaps the host work below
+        valid = parallel.to_host(batch["valid"]).astype(bool)
+        stats.append(mask_metrics.mask_statistics(parallel.to_host(batch["mask"])[valid]))
+        if features is not None:
+            moments.update(features, batch["valid"])
+    joined = {k: np.concatenate([s[k] for s in stats]) for k in mask_metrics.STATISTICS}
+    return moments, joined
+
+
+class ResizedImages:
+    """The images of a set, each read and resized to `size` when indexed (for MS-SSIM's pairs)."""
+
+    def __init__(self, source, size: int):
+        self.source = source
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return pipeline.resize_pair(self.source[index], self.size)["image"]
+
+
+def diversity(source, *, num_pairs: int, size: int, seed: int, batch_size: int, name: str = "") -> dict:
+    """The paper's diversity protocol (metrics/msssim.py) on a set resized to `size`: the mean
+    MS-SSIM over random distinct pairs, with its spread; only the images in a pair are read."""
+    mean, values = msssim.msssim_diversity(
+        ResizedImages(source, size), num_pairs=num_pairs, seed=seed, batch_size=batch_size,
+        progress=lambda needed: _progress(needed, desc=f"{name} MS-SSIM images", unit="image"))
+    return {"mean": mean, "std": float(values.std()), "num_pairs": int(len(values)), "size": int(size)}
+
+
+def label_consistency(source, predict, image_size: int, batch_size: int, mesh=None, name: str = "") -> dict:
+    """Segmentation metrics of `predict` (images uint8 -> logits [N,H,W,1]) against a set's own masks.
+
+    Images and masks are resized to the segmenter's `image_size`. With a mesh, batches are global
+    arrays sharded over it (batch_size a multiple of the devices); without one, host arrays.
+    The `chance_` figures score the same predictions against the mask of the next pair in the
+    batch: what mask size and position priors alone give, the floor real consistency must beat.
+    """
+    from polypjax.metrics.segmentation import accumulate
+    total = chance = None
+    ds = pipeline.eval_dataset(source, image_size=image_size, global_batch_size=batch_size)
+    for local in _progress(ds, total=pipeline.num_eval_batches(source, batch_size), desc=f"{name} segmenter",
+                           unit="batch"):
+        batch = {k: local[k] for k in ("image", "mask", "valid")}
+        if mesh is not None:
+            batch = parallel.global_batch(batch, mesh)
+        logits = predict(batch["image"])
+        total = accumulate(total, logits, batch["mask"], batch["valid"])
+        chance = accumulate(chance, logits, *_next_pairs(batch["mask"], batch["valid"]))
+    out = {}
+    for prefix, metrics in (("", total), ("chance_", chance)):
+        for k, v in metrics.compute().items():
+            v = np.asarray(v)
+            out[prefix + k] = int(v) if k == "num_images" else float(v)
+    return out
+
+
+@jax.jit
+def _next_pairs(masks, valid):
+    """Each prediction's mask partner for the chance floor: the next pair's mask in the batch."""
+    valid = jnp.asarray(valid, bool)
+    return jnp.roll(masks, 1, 0), valid & jnp.roll(valid, 1, 0)
+
+
+def segmenter_scan(source, predict, image_size: int, batch_size: int, name: str = ""):
+    """One pass at the segmenter's size: its pooled encoder features [N, C] and the per-channel
+    colour mean/std of the images (0-255 levels)."""
+    feats, total, total_sq, pixels = [], np.zeros(3), np.zeros(3), 0
+    ds = pipeline.eval_dataset(source, image_size=image_size, global_batch_size=batch_size)
+    for local in _progress(ds, total=pipeline.num_eval_batches(source, batch_size), desc=f"{name} features",
+                           unit="batch"):
+        valid = np.asarray(local["valid"]).astype(bool)
+        feats.append(np.asarray(predict.features(local["image"]))[valid])
+        x = np.asarray(local["image"], np.float64)[valid].reshape(-1, 3)
+        total, total_sq, pixels = total + x.sum(0), total_sq + (x * x).sum(0), pixels + len(x)
+    mean = total / pixels
+    colour = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(total_sq / pixels - mean**2, 0)).tolist()}
+    return np.concatenate(feats), colour
+
+
+def feature_distances(reference: np.ndarray, features: np.ndarray, *, kid_subsets: int, kid_subset_size: int,
+                      seed: int) -> dict:
+    """Fréchet distance and KID of `features` to `reference` (metrics/fid.py's maths)."""
+    mu, sigma = reference.mean(0), np.cov(reference, rowvar=False)
+    mean, std = fid.kid(reference, features, num_subsets=kid_subsets,
+                        subset_size=min(kid_subset_size, len(reference), len(features)), seed=seed)
+    return {"fd": fid.frechet_distance(mu, np.atleast_2d(sigma), features.mean(0),
+                                       np.atleast_2d(np.cov(features, rowvar=False))),
+            "kid": {"mean": mean, "std": std}}
+
+
+def matched_noise_source(colour: dict, n: int, size: int, seed: int) -> list:
+    """`n` frames of Gaussian noise with the real per-channel colour mean/std (the far baseline)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(colour["mean"], colour["std"], (n, size, size, 3))
+    images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    return [{"image": im, "mask": np.zeros((size, size), np.uint8)} for im in images]
+
+
+def segmenter_feature_report(real_source, generated: list, predict, *, batch_size: int, kid_subsets: int,
+                             kid_subset_size: int, seed: int) -> tuple[dict, list[dict]]:
+    """Segmenter-feature FD/KID and colour statistics with their two baselines.
+
+    The real set is split in two seeded halves: half B is the reference every set is compared
+    with; half A against B is the real-vs-real value (what a perfect generator scores, sampling
+    noise included), and Gaussian noise with the real per-channel colour statistics (as many
+    frames as half A) against B the value of a generator that only learnt the colours.
+    Returns (baselines with the real colour statistics, one {fd, kid, colour} per generated set).
+    """
+    size = int(predict.image_size)
+    real_feats, real_colour = segmenter_scan(real_source, predict, size, batch_size, name="real")
+    if len(real_feats) < 4:
+        raise sources.DataError(f"the real set has {len(real_feats)} pairs; segmenter features need at least 4")
+    order = np.random.default_rng(seed).permutation(len(real_feats))
+    half_a, half_b = real_feats[order[: len(order) // 2]], real_feats[order[len(order) // 2:]]
+    dist = functools.partial(feature_distances, half_b, kid_subsets=kid_subsets,
+                             kid_subset_size=kid_subset_size, seed=seed)
+    noise_feats, _ = segmenter_scan(matched_noise_source(real_colour, len(half_a), size, seed), predict, size,
+                                    batch_size, name="colour-matched noise")
+    baselines = {
+        "features": f"average-pooled deepest encoder features ({real_feats.shape[1]}-d) of the real-trained "
+                    f"segmenter at {size} px; reference: a seeded half of the real set ({len(half_b)} images)",
+        "real_vs_real": {**dist(half_a), "num_images": len(half_a)},
+        "noise": {**dist(noise_feats), "num_images": len(noise_feats)},
+        "real_colour": real_colour,
+    }
+    results = []
+    for name, source in generated:
+        feats, colour = segmenter_scan(source, predict, size, batch_size, name=name)
+        colour["mean_abs_error"] = np.abs(np.subtract(colour["mean"], real_colour["mean"])).tolist()
+        results.append({**dist(feats), "colour": colour})
+    return baselines, results
