@@ -8,7 +8,8 @@ import pytest
 
 from polypjax import configlib, parallel, tasks
 from polypjax.data import export, phantom
-from polypjax.train import segmentation
+from polypjax.experiments import segmenter_inference
+from polypjax.train import seg_eval, segmentation
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -56,7 +57,7 @@ def test_task_writes_results_per_test_set(trained):
 
 
 def test_load_segmenter_predicts_like_the_task(trained):
-    predict = segmentation.load_segmenter(trained)
+    predict = segmenter_inference.load_segmenter(trained)
     assert predict.image_size == 32
     src = phantom.PhantomSource("phantom-a", num_examples=10, size=32, split="test")
     images = np.stack([src[i]["image"] for i in range(4)])
@@ -72,7 +73,7 @@ def test_load_segmenter_predicts_like_the_task(trained):
     want = task.predict_fn(parallel.make_mesh(1, 1))(host["params"], host["model_state"], batch)
     np.testing.assert_allclose(logits, np.asarray(want), rtol=1e-5, atol=1e-5)
     with pytest.raises(configlib.ConfigError, match="no config.json"):
-        segmentation.load_segmenter(trained / "eval")
+        segmenter_inference.load_segmenter(trained / "eval")
 
 
 def test_metrics_identical_on_one_and_eight_devices(trained):
@@ -87,7 +88,7 @@ def test_metrics_identical_on_one_and_eight_devices(trained):
         c.mesh.data = data
         c.data.eval_batch_size = 8  # 10 examples: an uneven, padded last batch
         c = tasks.resolve(c)
-        out[data] = segmentation.evaluate_sets(task.predict_fn, state["params"], state["model_state"],
+        out[data] = seg_eval.evaluate_sets(task.predict_fn, state["params"], state["model_state"],
                                                task.test_sources, c, trained / f"eval_{data}", 6)
     assert jax.device_count() == 8
     for name in out[1]:

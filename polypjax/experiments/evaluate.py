@@ -128,7 +128,7 @@ def _check_cached_stats(path: pathlib.Path, real_spec: str, image_size, dtype: s
 
 def load_segmenter(workdir):
     """The real-trained segmenter of a train_segmentation workdir (imported only when asked for)."""
-    from polypjax.train.segmentation import load_segmenter as load
+    from polypjax.experiments.segmenter_inference import load_segmenter as load
     return load(workdir)
 
 

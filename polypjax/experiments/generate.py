@@ -377,8 +377,8 @@ class QualityFilter:
         self.f = config.generate.filter
         self.predict = None
         if self.f.min_dice > 0:
-            from polypjax.train import segmentation
-            self.predict = segmentation.load_segmenter(pathlib.Path(self.f.segmenter_workdir).expanduser())
+            from polypjax.experiments.segmenter_inference import load_segmenter
+            self.predict = load_segmenter(pathlib.Path(self.f.segmenter_workdir).expanduser())
             self._lock = threading.Lock()
 
     def reasons(self, images: np.ndarray, masks: np.ndarray) -> list[list[str]]:

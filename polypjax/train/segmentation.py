@@ -1,32 +1,22 @@
-"""Segmentation task: model, BCE + soft Dice loss, training data regimes and Dice/IoU evaluation.
-
-Regimes (`config.regime.kind`), the paper's comparisons:
-- `real`: the real training set (`data.train`), optional subset of N images (`regime.real_subset`);
-- `real_augment`: the same with classic augmentation switched on (the baseline a synthetic set
-  must beat);
-- `synthetic`: only the generated folder (`data.synthetic`);
-- `mixed`: real and synthetic streams interleaved in the ratio `regime.synthetic_fraction`;
-- `replace`: the paper's rule: each real example drawn is replaced by a random synthetic one with
-  probability `regime.alpha` (decided per draw, so every epoch sees a different replacement).
-"""
+"""Segmentation task: model, BCE + soft Dice loss, config checks; its data regimes are in
+`seg_regimes.py`, its Dice/IoU evaluation in `seg_eval.py`, inference from a workdir in
+`experiments/segmenter_inference.py`."""
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from polypjax import parallel
 from polypjax.configlib import ConfigError, check_number
-from polypjax.data import catalog, export, pipeline, sources, visualize
-from polypjax.metrics.segmentation import accumulate
+from polypjax.data import catalog, pipeline
 from polypjax.models import segmenters
 from polypjax.train import loop
+from polypjax.train.seg_eval import evaluate_sets
+from polypjax.train.seg_regimes import REGIMES, classic_augmentation, training_sources
 
-REGIMES = ("real", "real_augment", "synthetic", "mixed", "replace")
 
 
 def preprocess(batch: dict, dtype=jnp.float32):
@@ -52,7 +42,7 @@ def bce_dice_loss(logits, masks, bce_weight: float = 1.0, dice_weight: float = 1
     return bce_weight * bce + dice_weight * soft_dice_loss, {"bce": bce, "soft_dice_loss": soft_dice_loss}
 
 
-def _model_kwargs(config) -> dict:
+def model_kwargs(config) -> dict:
     kwargs = dict(config.model.kwargs) if "kwargs" in config.model else {}
     kwargs["dtype"] = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     return kwargs
@@ -62,7 +52,7 @@ class SegmentationTask:
     def __init__(self, config, workdir: pathlib.Path):
         self.config = config
         self.workdir = pathlib.Path(workdir)
-        self.model = segmenters.create_model(config.model.name, **_model_kwargs(config))
+        self.model = segmenters.create_model(config.model.name, **model_kwargs(config))
         self.train_sources, self.weights, self.replace_source = training_sources(config)
         self.test_sources = catalog.make_sources(config.data.test, config.data, default_split="test",
                                                  seed=config.seed)
@@ -119,77 +109,6 @@ class SegmentationTask:
         return scalars
 
 
-def evaluate_sets(predict_fn_factory, params, model_state, test_sources: dict, config, out_dir: pathlib.Path,
-                  step: int, num_overlays: int = 8) -> dict:
-    """Dice/IoU on every test set from exact counts; JSON and overlay PNG per set."""
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    predict = predict_fn_factory(mesh)
-    params, model_state = jax.device_put((params, model_state), parallel.param_shardings(mesh, (params, model_state)))
-    results = {}
-    for name, source in test_sources.items():
-        total = None
-        overlays = []
-        for local in pipeline.eval_dataset(source, image_size=config.data.image_size,
-                                           global_batch_size=config.data.eval_batch_size):
-            batch = parallel.global_batch({k: local[k] for k in ("image", "mask", "valid")}, mesh)
-            logits = predict(params, model_state, batch)
-            total = accumulate(total, logits, batch["mask"], batch["valid"])
-            if len(overlays) < num_overlays and jax.process_index() == 0:
-                pred = np.asarray(jax.device_get(logits))[..., 0] > 0
-                for i in range(len(local["valid"])):
-                    if local["valid"][i] and len(overlays) < num_overlays:
-                        overlays.append(_overlay_row(local["image"][i], local["mask"][i], pred[i]))
-        result = {k: float(v) for k, v in total.compute().items()}
-        result["num_images"] = int(result["num_images"])
-        result.update(step=int(step), test_set=name, num_examples=len(source))
-        results[name] = result
-        if jax.process_index() == 0:
-            safe = name.replace("@", "-").replace("/", "_")
-            export.atomic_write_text(out_dir / f"{safe}.json", json.dumps(result, indent=2) + "\n")
-            export.atomic_write_bytes(out_dir / f"{safe}_overlays.png",
-                                      export.encode_png(np.concatenate(overlays, axis=0)))
-    return results
-
-
-def _overlay_row(image, mask, pred):
-    """image | ground truth (green) | prediction (red)."""
-    gt = visualize.overlay(image, mask, colour=(0, 255, 0))
-    pr = visualize.overlay(image, pred.astype(np.uint8), colour=(255, 0, 0))
-    pad = lambda t: np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=255)
-    return np.concatenate([pad(image), pad(gt), pad(pr)], axis=1)
-
-
-def classic_augmentation(augment):
-    """The real+augmentation baseline: flips, rotations, scale/shift and colour jitter."""
-    a = augment.copy_and_resolve_references() if hasattr(augment, "copy_and_resolve_references") else augment
-    a = a.unlock() if hasattr(a, "unlock") else a
-    a.update(enabled=True, rotate_deg=max(a.rotate_deg, 20.0), scale=max(a.scale, 0.15),
-             shift=max(a.shift, 0.05), brightness=max(a.brightness, 0.1), contrast=max(a.contrast, 0.1),
-             hue=max(a.hue, 0.02))
-    return a
-
-
-def training_sources(config):
-    """-> (sources, weights, replacement source) for the configured regime."""
-    c, r = config.data, config.regime
-    if r.kind in ("synthetic", "mixed", "replace") and not c.synthetic:
-        raise ConfigError(f"config.regime.kind={r.kind!r} needs config.data.synthetic (a generated folder)")
-    real = None
-    if r.kind != "synthetic":
-        real = catalog.make_source(c.train, c, default_split="train", seed=config.seed)
-        if r.real_subset:
-            real = sources.random_subset(real, r.real_subset, seed=config.seed)
-    synth = catalog.make_source(c.synthetic, c, default_split="all", seed=config.seed) if c.synthetic else None
-    if r.kind in ("real", "real_augment"):
-        return [real], None, None
-    if r.kind == "synthetic":
-        return [synth], None, None
-    if r.kind == "mixed":
-        f = r.synthetic_fraction
-        return [real, synth], [1.0 - f, f], None
-    return [real], None, synth  # replace
-
-
 def validate(config) -> None:
     r = config.regime
     if config.model.name not in segmenters.MODELS:
@@ -216,7 +135,7 @@ def validate(config) -> None:
 
 def _check_image_size(config) -> None:
     try:
-        model = segmenters.create_model(config.model.name, **_model_kwargs(config))
+        model = segmenters.create_model(config.model.name, **model_kwargs(config))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.model.kwargs {dict(config.model.kwargs)} do not fit "
                           f"{config.model.name}: {e}") from None
@@ -232,35 +151,3 @@ def logits_of(model, variables, images):
     image, _ = preprocess({"image": images, "mask": jnp.zeros(images.shape[:3], jnp.uint8)}, model.dtype)
     logits = model.apply(variables, image, train=False)
     return (logits[-1] if logits.ndim == 5 else logits).astype(jnp.float32)
-
-
-def load_segmenter(workdir: str | pathlib.Path, *, use_ema: bool | None = None):
-    """A trained segmenter from a `train_segmentation` workdir, for inference on uint8 images.
-
-    Returns `predict(images uint8 [N,H,W,3]) -> logits float32 [N,H,W,1]` (images must already be
-    at `predict.image_size`, the size it was trained at), with `predict.config` the run's config and
-    `predict.features(images) -> [N, C]` the average-pooled deepest encoder features.
-    """
-    config, restored = loop.restore_run(workdir, "train_segmentation")
-    if use_ema is None:
-        use_ema = config.train.ema_decay > 0
-    params = restored["ema_params" if use_ema else "params"]
-    model_state = restored.get("model_state") or {}
-    model = segmenters.create_model(config.model.name, **_model_kwargs(config))
-
-    @jax.jit
-    def _predict(images):
-        return logits_of(model, {"params": params, **model_state}, images)
-
-    @jax.jit
-    def _features(images):
-        image, _ = preprocess({"image": images, "mask": jnp.zeros(images.shape[:3], jnp.uint8)}, model.dtype)
-        return segmenters.encoder_features(model, {"params": params, **model_state}, image)
-
-    def predict(images):
-        return _predict(jnp.asarray(images))
-
-    predict.features = lambda images: _features(jnp.asarray(images))
-    predict.image_size = int(config.data.image_size)
-    predict.config = config
-    return predict
