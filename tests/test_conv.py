@@ -214,3 +214,18 @@ def test_native_cache_refuses_unsafe_folders_and_foreign_libraries(tmp_path, mon
     assert onednn._verified(lib, "abc") and not onednn._verified(lib, "other-build")
     lib.write_bytes(b"\x7fELF swapped")  # replaced after the build
     assert not onednn._verified(lib, "abc")
+
+
+def test_flop_counts_see_through_the_native_path():
+    """XLA counts nothing inside FFI calls: step_flops traces under forced("xla")."""
+    _need("onednn")
+    from polypjax.train import compute
+    x = jnp.ones((2, 16, 16, 8)); w = jnp.ones((3, 3, 8, 8))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def step(conv):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=dn)), 1))
+
+    native, xla = (compute.step_flops(step(conv_mod.make_conv(impl)), x, w) for impl in ("onednn", "xla"))
+    # The kernel gradient's multiply-adds (fewer at the zero-padded border); custom calls count none.
+    assert native == xla and xla > 0.8 * 2 * 2 * 16 * 16 * 9 * 8 * 8
