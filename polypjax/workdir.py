@@ -64,8 +64,9 @@ _TEST_SETS = {
     "data.eval_batch_size": "evaluation counts are exact at any batch size",
 }
 _NUM_STEPS = {"train.num_steps": "continues or stops earlier; see _check_num_steps"}
-# configlib.HOW_FIELDS; absent from configs written before it existed, which resume too.
-_HOW = {"model.conv": "how convolutions run on the CPU; results agree to float32 rounding"}
+# model.conv: how convolutions run on the CPU, results agree to float32 rounding. Configs written
+# before the field existed lack it and resume too.
+_HOW = dict.fromkeys(configlib.HOW_FIELDS, "how the run computes, not what (configlib.HOW_FIELDS)")
 MAY_CHANGE = {
     "train_segmentation": {**_INTERVALS, **_PLACEMENT, **_TEST_SETS, **_NUM_STEPS, **_HOW},
     "train_diffusion": {**_INTERVALS, **_PLACEMENT, **_TEST_SETS, **_NUM_STEPS, **_HOW,
