@@ -18,12 +18,12 @@ def get_config(variant: str = "cpu"):
         "schedule": "linear", "num_timesteps": 1000, "pred": "eps",
         "cond_dropout": 0.1,  # two_stage: probability of training the image model unconditionally
     })
-    config.model = ml_collections.ConfigDict({
-        "channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "attention_resolutions": (8,),
-        "num_heads": 4, "num_head_channels": -1, "use_scale_shift_norm": True, "resblock_updown": False,
-        "dropout": 0.0, "learn_sigma": False, "dtype": "float32",
-        "remat": False,  # recompute ResBlock activations in the backward pass (guided-diffusion use_checkpoint)
-    })
+    config.model = configlib.model_config(
+        channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
+        num_heads=4, num_head_channels=-1, use_scale_shift_norm=True, resblock_updown=False,
+        dropout=0.0, learn_sigma=False, dtype="float32",
+        remat=False,  # recompute ResBlock activations in the backward pass (guided-diffusion use_checkpoint)
+    )
     config.postprocess = ml_collections.ConfigDict({"opening_radius": 1, "min_component_size": 8})
     config.eval = ml_collections.ConfigDict({
         "num_samples": 8, "seed": 0,

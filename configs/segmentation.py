@@ -15,8 +15,7 @@ def get_config(variant: str = "cpu"):
     config = configlib.base_config("train_segmentation")
     config.train, config.optim = configlib.train_config()
     config.data.synthetic = ""  # a generated folder for the synthetic / mixed / replace regimes
-    config.model = ml_collections.ConfigDict({"name": "unet", "dtype": "float32",
-                                              "kwargs": {"features": (16, 32, 64, 128)}})
+    config.model = configlib.model_config(name="unet", dtype="float32", kwargs={"features": (16, 32, 64, 128)})
     config.loss = ml_collections.ConfigDict({"bce_weight": 1.0, "dice_weight": 1.0})
     config.regime = ml_collections.ConfigDict({"kind": "real", "alpha": 0.5, "synthetic_fraction": 0.5,
                                                "real_subset": 0})
@@ -35,7 +34,7 @@ def get_config(variant: str = "cpu"):
         config.data.image_size = 256
         config.data.batch_size = 8
         config.data.worker_count = 2
-        config.model = ml_collections.ConfigDict({"name": "resunet34", "dtype": "float32", "kwargs": {}})
+        config.model = configlib.model_config(name="resunet34", dtype="float32", kwargs={})
         config.train.num_steps = 8000
         config.train.checkpoint_every = 1000
         config.train.eval_every = 2000

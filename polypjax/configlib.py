@@ -54,6 +54,42 @@ def augment_config() -> ml_collections.ConfigDict:
     return a
 
 
+def model_config(**fields) -> ml_collections.ConfigDict:
+    """A `config.model` block: the task's own fields, plus `conv`, how the model's convolutions run
+    on the CPU (auto | onednn | taps | xla, polypjax/models/conv.py): speed only, never results."""
+    return ml_collections.ConfigDict({"conv": "auto", **fields})
+
+
+# Fields that choose how a result is computed, never what it is: resuming may change them
+# (workdir.MAY_CHANGE) and fingerprints of what a run computed leave them out.
+HOW_FIELDS = ("model.conv",)
+
+
+def what_it_computes(config: dict) -> dict:
+    """A copy of a config dict without `HOW_FIELDS`, for fingerprints: equal for configs that differ
+    only there, and for configs written before such a field existed."""
+    import copy
+    out = copy.deepcopy(dict(config))
+    for dotted in HOW_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def check_conv(config) -> None:
+    """`config.model.conv`, when the config has it, names a convolution path."""
+    if "model" not in config or "conv" not in config.model:
+        return
+    from polypjax.models.conv import IMPLS
+    value = config.model.conv
+    if value not in IMPLS:
+        raise ConfigError(f"config.model.conv={value!r} is unknown; choose one of {', '.join(IMPLS)}")
+
+
 def mesh_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.data = -1  # -1: all devices not used by fsdp
@@ -209,6 +245,7 @@ def resolve(config: ml_collections.ConfigDict, task_check=None) -> ml_collection
             check_number(config, f"data.augment.{name}", 0, 1)
         for name in ("rotate_deg", "scale", "shift", "brightness", "contrast", "hue"):
             check_number(config, f"data.augment.{name}", 0)
+    check_conv(config)
     if "mesh" in config:
         check_number(config, "mesh.fsdp", 1, integer=True)
         if config.mesh.data != -1:

@@ -64,16 +64,20 @@ _TEST_SETS = {
     "data.eval_batch_size": "evaluation counts are exact at any batch size",
 }
 _NUM_STEPS = {"train.num_steps": "continues or stops earlier; see _check_num_steps"}
+# model.conv: how convolutions run on the CPU, results agree to float32 rounding. Configs written
+# before the field existed lack it and resume too.
+_HOW = dict.fromkeys(configlib.HOW_FIELDS, "how the run computes, not what (configlib.HOW_FIELDS)")
 MAY_CHANGE = {
-    "train_segmentation": {**_INTERVALS, **_PLACEMENT, **_TEST_SETS, **_NUM_STEPS},
-    "train_diffusion": {**_INTERVALS, **_PLACEMENT, **_TEST_SETS, **_NUM_STEPS,
+    "train_segmentation": {**_INTERVALS, **_PLACEMENT, **_TEST_SETS, **_NUM_STEPS, **_HOW},
+    "train_diffusion": {**_INTERVALS, **_PLACEMENT, **_TEST_SETS, **_NUM_STEPS, **_HOW,
                         "eval.*": "the sample grids drawn at evaluation"},
     "generate": {**_PLACEMENT,
                  "generate.batch_size": "pair i depends only on the seed and i",
                  "generate.num_samples": "the folder is extended (the generate task checks the rest)"},
     "prepare_data": dict(_PLACEMENT),
     # Stages are skipped when their output exists, so only what no stage reads may change.
-    "quickstart": {**_INTERVALS, **_PLACEMENT, "data.eval_batch_size": _TEST_SETS["data.eval_batch_size"]},
+    "quickstart": {**_INTERVALS, **_PLACEMENT, **_HOW,
+                   "data.eval_batch_size": _TEST_SETS["data.eval_batch_size"]},
     "evaluate_generation": {"*": "every output is recomputed by each run"},
     # Each stage records its own config and reruns (with the stages after it) when that changed.
     "pipeline": {"*": "stages compare their recorded configs themselves"},

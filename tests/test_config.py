@@ -114,6 +114,8 @@ def test_numbers_must_be_finite_and_fit(field, value, message):
     (["--config=configs/segmentation.py:bogus"], "unknown variant 'bogus'"),
     (["--config=configs/prepare_data.py", "--workdir=FILE"], "exists and is not a directory"),
     (["--config=configs/segmentation.py", "--config.optim.learning_rate=nan"], "learning_rate must be finite"),
+    (["--config=configs/segmentation.py", "--config.model.conv=cudnn"],
+     "config.model.conv='cudnn' is unknown; choose one of auto, onednn, taps, xla"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "FILE").write_text("")
@@ -158,3 +160,36 @@ def test_folder_names_with_at_sign_work_and_with_comma_are_refused_clearly(tmp_p
     c.data.test = str(comma)
     with pytest.raises(configlib.ConfigError, match=r"config.data.test: folder .* has a ','"):
         tasks.resolve(c)
+
+
+@pytest.mark.parametrize("name", ["segmentation", "diffusion", "quickstart"])
+def test_model_conv_is_a_checked_field_of_every_model_config(name):
+    c = _load(name)
+    assert c.model.conv == "auto"
+    for value in ("xla", "taps", "onednn"):
+        c.model.conv = value
+        configlib.check_conv(c)
+    c.model.conv = "cudnn"
+    with pytest.raises(configlib.ConfigError) as e:
+        tasks.resolve(c)
+    assert str(e.value) == "config.model.conv='cudnn' is unknown; choose one of auto, onednn, taps, xla"
+
+
+def test_configs_written_before_model_conv_still_build_their_models():
+    """A run's config.json from before the field: models build with the default (auto), resuming
+    may add the field, and fingerprints of what was computed do not change."""
+    from polypjax import workdir
+    from polypjax.diffusion import generators
+    from polypjax.train.segmentation import _model_kwargs
+    import ml_collections
+
+    seg, dif = _load("segmentation").to_dict(), _load("diffusion").to_dict()
+    for d in (seg, dif):
+        del d["model"]["conv"]
+    assert _model_kwargs(ml_collections.ConfigDict(seg))["conv"] == "auto"
+    assert generators.make_unet(ml_collections.ConfigDict(dif).model, 4, 4).conv == "auto"
+    new = _load("segmentation").to_dict()
+    new["model"]["conv"] = "xla"
+    workdir.check_resume(pathlib.Path("unused"), json.loads(json.dumps(seg)), json.loads(json.dumps(new)))
+    assert configlib.what_it_computes(seg) == configlib.what_it_computes(new)
+    assert "conv" in new["model"]  # a copy: the config itself is left alone

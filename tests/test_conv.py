@@ -1,6 +1,9 @@
 """The oneDNN and tap-gradient convolutions agree with lax.conv_general_dilated in value and both
 gradients, and the path is chosen as documented."""
+import os
 import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +12,18 @@ import pytest
 from jax import lax
 
 from polypjax.models import conv as conv_mod
-from polypjax.models.conv import conv_general_dilated
 from polypjax.native import onednn
 
 # The oneDNN wheels exist for Linux x86_64, where the package depends on them: there the native
 # path must build (a test failing here means the fast path silently fell back).
 ONEDNN_EXPECTED = platform.system() == "Linux" and platform.machine() == "x86_64"
-IMPLS = ["taps"] + (["onednn"] if ONEDNN_EXPECTED or onednn.available() else [])
+IMPLS = ["taps", "onednn"]
+
+
+def _need(impl):
+    """Elsewhere oneDNN is tried when a test first needs it, never while tests are collected."""
+    if impl == "onednn" and not ONEDNN_EXPECTED and not onednn.available():
+        pytest.skip("oneDNN not available here")
 
 CASES = [  # kernel, stride, dilation, padding, cin, cout, size
     (3, 1, 1, ((1, 1), (1, 1)), 8, 16, 17),
@@ -31,6 +39,7 @@ CASES = [  # kernel, stride, dilation, padding, cin, cout, size
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("k,s,d,pad,cin,cout,size", CASES)
 def test_matches_lax(k, s, d, pad, cin, cout, size, impl):
+    _need(impl)
     rng = np.random.default_rng(k * 100 + s * 10 + d)
     x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float32)
@@ -56,8 +65,7 @@ def test_onednn_builds_where_its_wheel_exists():
 
 
 def test_onednn_call_is_an_ffi_custom_call():
-    if "onednn" not in IMPLS:
-        pytest.skip("oneDNN not available here")
+    _need("onednn")
     x = jnp.ones((2, 8, 8, 4)); w = jnp.ones((3, 3, 4, 4))
     f = lambda x, w: conv_mod.make_conv("onednn")(x, w, (1, 1), "SAME",
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -67,8 +75,7 @@ def test_onednn_call_is_an_ffi_custom_call():
 
 
 def test_onednn_under_vmap():
-    if "onednn" not in IMPLS:
-        pytest.skip("oneDNN not available here")
+    _need("onednn")
     conv = conv_mod.make_conv("onednn")
     dn = ("NHWC", "HWIO", "NHWC")
     rng = np.random.default_rng(1)
@@ -85,8 +92,7 @@ def test_bfloat16_matches_float32_to_bf16_rounding(k, s, d, pad, cin, cout, size
     """bfloat16 convolutions take oneDNN where the CPU has bf16 instructions, XLA's elsewhere; on
     either path value and both gradients match a float32 convolution of the same bf16 numbers to
     bfloat16 rounding (float32 accumulation)."""
-    if "onednn" not in IMPLS:
-        pytest.skip("oneDNN not available here")
+    _need("onednn")
     rng = np.random.default_rng(k * 100 + s * 10 + d)
     x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.bfloat16)
@@ -108,17 +114,57 @@ def test_bfloat16_matches_float32_to_bf16_rounding(k, s, d, pad, cin, cout, size
         np.testing.assert_allclose(f32(got), want, rtol=2 ** -7, atol=2 ** -7 * float(jnp.abs(want).max()))
 
 
-def test_bad_impl_is_named(monkeypatch):
-    monkeypatch.setenv("POLYPJAX_CONV", "cudnn")
-    with pytest.raises(ValueError, match="POLYPJAX_CONV='cudnn'"):
-        conv_mod.resolve_impl()
+def test_bad_impl_is_named():
+    match = "conv='cudnn' is unknown; choose one of auto, onednn, taps, xla"
+    for call in (conv_mod.make_conv, conv_mod.resolve_impl):
+        with pytest.raises(ValueError, match=match):
+            call("cudnn")
+    with pytest.raises(ValueError, match=match):
+        with conv_mod.forced("cudnn"):
+            pass
+
+
+def test_forced_overrides_every_model_while_tracing():
+    """FLOP counts trace with forced("xla"): XLA counts nothing inside the FFI calls."""
+    _need("onednn")
+    x = jnp.ones((2, 8, 8, 4)); w = jnp.ones((3, 3, 4, 4))
+    f = lambda x, w: conv_mod.make_conv("onednn")(x, w, (1, 1), "SAME",  # noqa: E731
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    hlo = lambda: jax.jit(lambda *a: f(*a)).lower(x, w).as_text()  # noqa: E731 - a fresh trace each
+    assert "polypjax_onednn" in hlo()
+    with conv_mod.forced("xla"):
+        forced_hlo = hlo()
+    assert "polypjax_onednn" not in forced_hlo and "convolution" in forced_hlo
+    assert "polypjax_onednn" in hlo()  # the block ended
+
+
+def test_native_kernels_build_only_when_a_cpu_convolution_needs_them():
+    """Importing the models and the tasks, building models and running XLA-path convolutions
+    leave oneDNN alone; the first convolution that may take it loads it."""
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from polypjax.native import onednn\n"
+        "import polypjax.train.segmentation, polypjax.train.diffusion, polypjax.experiments.generate\n"
+        "from polypjax.models import segmenters, adm_unet\n"
+        "m = segmenters.create_model('unet', features=(4, 8), conv='xla')\n"
+        "v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)\n"
+        "m.apply(v, jnp.zeros((1, 8, 8, 3)), train=False)\n"
+        "adm_unet.ADMUNet(model_channels=8, channel_mult=(1,), attention_resolutions=())\n"
+        "print(onednn.load.cache_info().currsize)\n"
+        "segmenters.create_model('unet', features=(4, 8)).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)\n"
+        "print(onednn.load.cache_info().currsize)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "1" if ONEDNN_EXPECTED or onednn.available() else "0"]
 
 
 def test_grouped_falls_back_to_lax():
     x = jnp.ones((1, 8, 8, 4)); w = jnp.ones((3, 3, 1, 4))
     dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    f = lambda x, w: jnp.sum(conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
-                                                  feature_group_count=4) ** 2)
+    f = lambda x, w: jnp.sum(conv_mod.make_conv("auto")(x, w, (1, 1), "SAME", dimension_numbers=dn,
+                                                        feature_group_count=4) ** 2)
     g = lambda x, w: jnp.sum(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
                                                       feature_group_count=4) ** 2)
     np.testing.assert_allclose(jax.grad(f, 1)(x, w), jax.grad(g, 1)(x, w), rtol=1e-6)
@@ -168,3 +214,18 @@ def test_native_cache_refuses_unsafe_folders_and_foreign_libraries(tmp_path, mon
     assert onednn._verified(lib, "abc") and not onednn._verified(lib, "other-build")
     lib.write_bytes(b"\x7fELF swapped")  # replaced after the build
     assert not onednn._verified(lib, "abc")
+
+
+def test_flop_counts_see_through_the_native_path():
+    """XLA counts nothing inside FFI calls: step_flops traces under forced("xla")."""
+    _need("onednn")
+    from polypjax.train import compute
+    x = jnp.ones((2, 16, 16, 8)); w = jnp.ones((3, 3, 8, 8))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def step(conv):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=dn)), 1))
+
+    native, xla = (compute.step_flops(step(conv_mod.make_conv(impl)), x, w) for impl in ("onednn", "xla"))
+    # The kernel gradient's multiply-adds (fewer at the zero-padded border); custom calls count none.
+    assert native == xla and xla > 0.8 * 2 * 2 * 16 * 16 * 9 * 8 * 8

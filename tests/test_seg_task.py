@@ -76,6 +76,27 @@ def test_load_segmenter_predicts_like_the_task(trained):
         segmenter_inference.load_segmenter(trained / "eval")
 
 
+def test_a_run_from_before_model_conv_loads_and_resumes(trained, tmp_path):
+    """A config.json written before `model.conv` existed: load_segmenter builds the model with the
+    default (auto), and the run resumes under today's config (the field may change on resume)."""
+    import shutil
+
+    from polypjax import main
+    old = tmp_path / "old_run"
+    shutil.copytree(trained, old, ignore=shutil.ignore_patterns(".run.lock"))
+    stored = json.loads((old / "config.json").read_text())
+    del stored["model"]["conv"]
+    (old / "config.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    images = np.stack([phantom.PhantomSource("phantom-a", num_examples=4, size=32, split="test")[i]["image"]
+                       for i in range(4)])
+    np.testing.assert_allclose(segmenter_inference.load_segmenter(old)(images),
+                               segmenter_inference.load_segmenter(trained)(images), rtol=1e-5, atol=1e-5)
+    c = seg_config()
+    c.model.conv = "xla"
+    main.run(c, str(old))  # all 6 steps are done: resumes at the end and evaluates again
+    assert json.loads((old / "config.json").read_text())["model"]["conv"] == "xla"
+
+
 def test_metrics_identical_on_one_and_eight_devices(trained):
     config = tasks.resolve(seg_config())
     task = segmentation.SegmentationTask(config, trained)

@@ -206,3 +206,38 @@ def test_overfits_small_batch(name, kwargs):
     print(f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.4f}, eval-mode Dice {dice:.3f}")
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
     assert dice > 0.9, dice
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_config_model_conv_picks_the_path_of_every_conv_not_the_values(name):
+    """`config.model.conv` reaches every convolution of every segmenter: with xla or taps no
+    oneDNN call is left anywhere (a conv that missed the field would take the default, auto, which
+    is oneDNN where it builds), and xla and taps agree in value and gradient."""
+    from polypjax import configlib
+    from polypjax.native import onednn
+    from polypjax.train.segmentation import _model_kwargs
+
+    config = configlib.load_config("segmentation")
+    config.model.name, config.model.kwargs = name, TINY[name]
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    results, variables = {}, None
+    for impl in ("xla", "taps", "auto"):
+        config.model.conv = impl
+        model = create_model(name, **_model_kwargs(config))
+        assert model.conv == impl
+        variables = variables or _init(model, x)
+
+        def value_and_grad(v, model=model):
+            loss = lambda p: model.apply({**v, "params": p}, x, train=False).sum()  # noqa: E731
+            return jax.value_and_grad(loss)(v["params"]), model.apply(v, x, train=False)
+
+        lowered = jax.jit(value_and_grad).lower(variables)
+        on_onednn = "polypjax_onednn" in lowered.as_text()
+        assert on_onednn == (impl == "auto" and onednn.available()), impl
+        if impl != "auto":
+            results[impl] = lowered.compile()(variables)
+    (_, g_xla), y_xla = results["xla"]
+    (_, g_taps), y_taps = results["taps"]
+    np.testing.assert_allclose(y_taps, y_xla, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_taps), jax.tree.leaves(g_xla)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))

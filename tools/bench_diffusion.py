@@ -9,6 +9,7 @@ betas 1e-4..0.02 over 1000 steps, AdamW(1e-4, wd 0.01); sampling = 50 DDIM steps
 jitted lax.scan.
 
     python tools/bench_diffusion.py [--budget 25] [--dtype float32|bfloat16] [--size 64] [--batch 8]
+                                    [--conv auto|onednn|taps|xla]
     python ../shared/bench/peers.py --cases matmul_peak,diffusion_train_64,diffusion_sample_64
 
 Last line: one JSON object {case: images/s}.
@@ -32,6 +33,8 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--conv", default="auto", choices=["auto", "onednn", "taps", "xla"],
+                    help="the model's convolution path (config.model.conv; polypjax/models/conv.py)")
     ap.add_argument("--cases", default="diffusion_train_64,diffusion_sample_64")
     ap.add_argument("--no_peak", action="store_true")
     args = ap.parse_args()
@@ -45,7 +48,8 @@ def main():
 
     model = ADMUNet(model_channels=64, channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_resolutions=(16,),
                     num_head_channels=8, use_scale_shift_norm=False, resblock_updown=False, in_channels=3,
-                    cond_channels=1, out_channels=3, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+                    cond_channels=1, out_channels=3, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
+                    conv=args.conv)
     b, s = args.batch, args.size
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     x0 = jax.random.uniform(k[0], (b, s, s, 3)) * 2 - 1
@@ -95,8 +99,8 @@ def main():
     peak = None if args.no_peak else compute_peak(args.dtype)
     from polypjax.models.conv import resolve_impl
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, dtype {args.dtype}, "
-          f"convolutions {resolve_impl() if jax.default_backend() == 'cpu' else 'xla'}, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+          f"convolutions {resolve_impl(args.conv) if jax.default_backend() == 'cpu' else 'xla'}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, malloc tunables {hostenv.applied() or 'none'}")
     print_results(results, peak)
 
 

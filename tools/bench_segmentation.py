@@ -2,7 +2,8 @@
 `seg_train_256` and `seg_infer_256` (smp Unet('resnet34') -> our `resunet34`, 256x256, batch 8,
 BCE + Dice, Adam lr 1e-3).
 
-    python tools/bench_segmentation.py [--budget 25] [--dtype float32|bfloat16] [--cases seg_train_256,seg_infer_256]
+    python tools/bench_segmentation.py [--budget 25] [--dtype float32|bfloat16] [--conv auto|onednn|taps|xla]
+                                       [--cases seg_train_256,seg_infer_256]
     python ../shared/bench/peers.py --cases matmul_peak,seg_train_256,seg_infer_256   # PyTorch, same machine
 
 Prints images/s, achieved GFLOP/s (XLA cost analysis of the compiled step) beside a matmul peak
@@ -27,6 +28,8 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--model", default="resunet34")
+    ap.add_argument("--conv", default="auto", choices=["auto", "onednn", "taps", "xla"],
+                    help="the model's convolution path (config.model.conv; polypjax/models/conv.py)")
     ap.add_argument("--cases", default="seg_train_256,seg_infer_256")
     ap.add_argument("--no_peak", action="store_true")
     args = ap.parse_args()
@@ -39,7 +42,7 @@ def main():
     from polypjax.train.segmentation import bce_dice_loss
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model = segmenters.create_model(args.model, dtype=dtype)
+    model = segmenters.create_model(args.model, dtype=dtype, conv=args.conv)
     k = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(k[0], (args.batch, args.size, args.size, 3))
     y = (jax.random.uniform(k[1], (args.batch, args.size, args.size, 1)) > 0.5).astype(jnp.float32)
@@ -81,8 +84,8 @@ def main():
     peak = None if args.no_peak else compute_peak(args.dtype)
     from polypjax.models.conv import resolve_impl
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, dtype {args.dtype}, "
-          f"convolutions {resolve_impl() if jax.default_backend() == 'cpu' else 'xla'}, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+          f"convolutions {resolve_impl(args.conv) if jax.default_backend() == 'cpu' else 'xla'}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, malloc tunables {hostenv.applied() or 'none'}")
     print_results(results, peak)
 
 

@@ -44,7 +44,8 @@ def make_unet(model_config, in_channels: int, out_channels: int, cond_channels: 
                    num_head_channels=m.num_head_channels, use_scale_shift_norm=m.use_scale_shift_norm,
                    resblock_updown=m.resblock_updown, learn_sigma=m.learn_sigma, in_channels=in_channels,
                    cond_channels=cond_channels, remat=m.get("remat", False),
-                   dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+                   dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+                   conv=m.get("conv", "auto"))  # absent from configs written before the field
 
 
 @dataclasses.dataclass(frozen=True)

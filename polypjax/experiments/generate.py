@@ -125,7 +125,7 @@ def pair_id(index: int) -> str:
 def settings(config, generator_workdir: pathlib.Path, step: int, mask_files=()) -> dict:
     """Everything that decides the pairs, as recorded in generation.json and compared on a rerun."""
     g = config.generate
-    generator_config = json.loads((generator_workdir / "config.json").read_text())
+    generator_config = configlib.what_it_computes(json.loads((generator_workdir / "config.json").read_text()))
     fingerprint = hashlib.sha256(json.dumps(generator_config, sort_keys=True).encode()).hexdigest()[:16]
     out = {"generator_workdir": str(generator_workdir.resolve()), "generator_fingerprint": fingerprint,
            "checkpoint_step": int(step), "use_ema": bool(g.use_ema), "mode": g.mode, "seed": int(g.seed),

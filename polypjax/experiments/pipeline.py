@@ -12,10 +12,11 @@ config built from its `configs/*.py` plus the pipeline's overrides:
     report/                             report.md, report.html, results.csv, figures/*.png
 
 `<stage>/stage.json` records the stage's config, the records of the stages it reads from, and its
-status. A stage is skipped when it is `done` with the same record; a different record deletes the
-stage folder and reruns it (and, since records chain, every stage downstream); a stage left
-`running` by a stopped pipeline is run again in place, so training resumes from its orbax
-checkpoint and generation from the pairs already on disk.
+status. A stage is skipped when it is `done` with the same record (left out: fields that change only
+how it is computed, `configlib.HOW_FIELDS`); a different record deletes the stage folder and reruns
+it (and, since records chain, every stage downstream); a stage left `running` by a stopped pipeline
+is run again in place, so training resumes from its orbax checkpoint and generation from the pairs
+already on disk.
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ class Stages:
         resolved = tasks.resolve(config)
         key = {"config": resolved.to_dict(),
                "upstream": {u: self.records[u]["fingerprint"] for u in upstream}}
-        fingerprint = _fingerprint(key)
+        fingerprint = _fingerprint(dict(key, config=configlib.what_it_computes(key["config"])))
         path = out / "stage.json"
         old = json.loads(path.read_text()) if path.exists() else None
         if old is not None and old.get("fingerprint") == fingerprint and old.get("status") == "done":

@@ -10,10 +10,10 @@ The filtering is the costly part, and on CPU it is memory-bound, so the layout i
 Inside the jitted functions images are planar ([N, C, H, W]: whole rows contiguous), the five
 maps the filter needs (x, y, x^2, y^2, xy) are stacked on a new leading axis and blurred together,
 one pass per axis, and each pass is a sum of 11 shifted slices times the window weights, which XLA
-fuses into one vectorised loop. Measured on XLA:CPU (32 pairs, 256^2): a depthwise
-convolution per axis (grouped convolutions take a slow generic path) was ~25x slower than the
-shifted sum, a banded-matrix matmul does ~20x the arithmetic, and the same shifted sum in NHWC
-(15 interleaved channels) was ~4x slower end to end than the planar form.
+fuses into one vectorised loop. The alternatives lose on XLA:CPU: a depthwise convolution per
+axis takes XLA's slow generic path for grouped convolutions, a banded-matrix matmul does many times
+the arithmetic, and the same shifted sum in NHWC strides over 15 interleaved channels (figures:
+tools/README.md, "Measurements").
 """
 import functools
 

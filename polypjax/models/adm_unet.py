@@ -18,6 +18,8 @@ Differences from the PyTorch code, all deliberate:
   image model) are concatenated to the input channels.
 * ``dtype`` is the compute dtype (e.g. bfloat16); parameters stay float32, norms and softmax run in
   float32 and the output is float32.
+* ``conv`` picks how the convolutions run on the CPU (``polypjax.models.conv``: auto, onednn,
+  taps, xla); it changes speed only, not parameters or results.
 
 Call as ``model.apply(variables, x, t, cond, train=..., rngs={"dropout": key})``; ``t`` is an int or
 float array [N] (or a scalar, broadcast over the batch).
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from polypjax.models.conv import conv_general_dilated
+from polypjax.models.conv import make_conv
 
 Dtype = Any
 
@@ -63,8 +65,8 @@ class GroupNorm(nn.Module):
     """``nn.GroupNorm`` (same parameters, same maths) with its statistics taken per channel first.
 
     Flax reduces over (H, W, C/G) of an [N, H, W, G, C/G] view; XLA:CPU runs that strided
-    reduction at under 1 GB/s (6% of an ADM training step). Means of x and x^2 over the spatial
-    axes are contiguous in C; the group averages of those [N, C] sums are then tiny.
+    reduction far below memory bandwidth. Means of x and x^2 over the spatial axes are contiguous
+    in C; the group averages of those [N, C] sums are then tiny.
     """
 
     num_groups: int
@@ -95,12 +97,12 @@ class Norm(nn.Module):
         return GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=1e-5)(x).astype(x.dtype)
 
 
-def _conv(features, dtype, kernel=3, stride=1, zero=False, name=None):
+def _conv(features, dtype, conv, kernel=3, stride=1, zero=False, name=None):
     pad = kernel // 2
     kw = dict(kernel_init=_zeros) if zero else {}
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), dtype=dtype, name=name,
-                   conv_general_dilated=conv_general_dilated, **kw)
+                   conv_general_dilated=make_conv(conv), **kw)
 
 
 def _upsample(x):
@@ -118,6 +120,7 @@ class ResBlock(nn.Module):
     up: bool = False
     down: bool = False
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, emb, train: bool = False):
@@ -126,7 +129,7 @@ class ResBlock(nn.Module):
             h, x = _upsample(h), _upsample(x)
         elif self.down:
             h, x = _avgpool(h), _avgpool(x)
-        h = _conv(self.out_channels, self.dtype)(h)
+        h = _conv(self.out_channels, self.dtype, self.conv)(h)
         emb_width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
         emb_out = nn.Dense(emb_width, dtype=self.dtype)(nn.silu(emb)).astype(h.dtype)
         emb_out = emb_out[:, None, None, :]
@@ -137,9 +140,9 @@ class ResBlock(nn.Module):
             h = Norm()(h + emb_out)
         h = nn.silu(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = _conv(self.out_channels, self.dtype, zero=True)(h)
+        h = _conv(self.out_channels, self.dtype, self.conv, zero=True)(h)
         if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, self.dtype, kernel=1)(x)
+            x = _conv(self.out_channels, self.dtype, self.conv, kernel=1)(x)
         return x + h
 
 
@@ -171,8 +174,8 @@ class AttentionBlock(nn.Module):
         qkv = qkv.reshape(b, hgt * wid, heads, 3 * ch)
         q, k, v = (jnp.swapaxes(a, 1, 2) for a in jnp.split(qkv, 3, axis=-1))  # [b, heads, t, ch]
         scale = 1.0 / math.sqrt(math.sqrt(ch))
-        # The barriers keep each matmul and the softmax in fusions of their own: XLA:CPU fused the
-        # whole block into one YNNPACK graph that ran 3x slower (73 against 24 ms at 16x16, 16 heads).
+        # The barriers keep each matmul and the softmax in fusions of their own: XLA:CPU fuses the
+        # whole block into one YNNPACK graph otherwise, which runs several times slower.
         q, k, v = lax.optimization_barrier((q * scale, k * scale, v))
         logits = lax.optimization_barrier(jnp.einsum("bhtc,bhsc->bhts", q, k))
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
@@ -201,6 +204,7 @@ class ADMUNet(nn.Module):
     cond_channels: int = 0
     remat: bool = False  # gradient checkpointing of ResBlocks (guided-diffusion use_checkpoint)
     dtype: Dtype = jnp.float32
+    conv: str = "auto"  # how convolutions run on the CPU (polypjax.models.conv); not what they compute
 
     @property
     def size_factor(self) -> int:
@@ -232,7 +236,7 @@ class ADMUNet(nn.Module):
         block_cls = _RematResBlock if self.remat else ResBlock
 
         def res(ch, h, up=False, down=False):
-            blk = block_cls(ch, self.dropout, self.use_scale_shift_norm, up, down, self.dtype)
+            blk = block_cls(ch, self.dropout, self.use_scale_shift_norm, up, down, self.dtype, self.conv)
             return blk(h, emb, train)
 
         def attn(h):
@@ -240,7 +244,7 @@ class ADMUNet(nn.Module):
                 h = AttentionBlock(self.num_heads, self.num_head_channels, self.dtype)(h)
             return h
 
-        h = _conv(int(self.channel_mult[0] * mc), self.dtype)(x.astype(self.dtype))
+        h = _conv(int(self.channel_mult[0] * mc), self.dtype, self.conv)(x.astype(self.dtype))
         hs = [h]
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
@@ -251,7 +255,7 @@ class ADMUNet(nn.Module):
                 if self.resblock_updown:
                     h = res(ch, h, down=True)
                 elif self.conv_resample:
-                    h = _conv(ch, self.dtype, stride=2)(h)
+                    h = _conv(ch, self.dtype, self.conv, stride=2)(h)
                 else:
                     h = _avgpool(h)
                 hs.append(h)
@@ -272,11 +276,11 @@ class ADMUNet(nn.Module):
                     else:
                         h = _upsample(h)
                         if self.conv_resample:
-                            h = _conv(ch, self.dtype)(h)
+                            h = _conv(ch, self.dtype, self.conv)(h)
 
         h = nn.silu(Norm()(h))
         out_ch = self.out_channels * (2 if self.learn_sigma else 1)
-        out = _conv(out_ch, self.dtype, zero=True, name="out")(h)
+        out = _conv(out_ch, self.dtype, self.conv, zero=True, name="out")(h)
         return out.astype(jnp.float32)
 
 

@@ -1,29 +1,32 @@
 """Convolutions for the CPU backend: oneDNN kernels, or XLA's with a faster kernel gradient.
 
-XLA:CPU runs the kernel (filter) gradient of a convolution at 3-20 GFLOP/s on the AVX2 CPUs we
-measured, 5-20x slower than its forward pass; its forward and input gradient run at 60-145. The
-oneDNN kernels that PyTorch uses on the CPU run all three at 60-190 GFLOP/s on the same machine
-(``tools/bench_conv.py``). ``conv_general_dilated`` therefore picks, per call, by ``POLYPJAX_CONV``:
+XLA:CPU's kernel (filter) gradient of a convolution runs several times slower than its forward pass
+and input gradient; the oneDNN kernels PyTorch uses on the CPU run all three at about the same rate
+(figures: ``tools/README.md``, "Measurements"; ``tools/bench_conv.py`` measures them). A model
+takes its path from the string field ``conv`` (``config.model.conv``), passed to every ``nn.Conv``
+as ``conv_general_dilated=make_conv(conv)``:
 
 - ``onednn``: forward, input gradient and kernel gradient as XLA FFI calls into oneDNN
-  (``polypjax.native.onednn``; built on first use);
+  (``polypjax.native.onednn``; built when a CPU computation first traces one);
 - ``taps``: XLA's forward and input gradient, and the kernel gradient as one GEMM per kernel tap,
-  ``dW[i, j] = X_shifted(i, j)^T @ dY`` (4-6x faster than XLA's; no native code);
+  ``dW[i, j] = X_shifted(i, j)^T @ dY`` (no native code);
 - ``xla``: ``lax.conv_general_dilated`` unchanged (the baseline benchmarks compare against);
 - ``auto`` (default): ``onednn`` where it builds, else ``taps``.
 
 Only NHWC/HWIO 2-D convolutions without groups or input dilation on the CPU backend take the
 first two paths, in float32; oneDNN also takes bfloat16 (float32 accumulation) on CPUs with
-AVX512-BF16 or AMX, where it runs at twice its float32 rate (``onednn.has_bf16()``). Everything
+AVX512-BF16 or AMX, where its bf16 kernels beat its float32 ones (``onednn.has_bf16()``). Everything
 else, and every other backend (XLA's GPU/TPU convolutions are already fast), is
-``lax.conv_general_dilated``. Pass it to Flax as
-``nn.Conv(..., conv_general_dilated=conv_general_dilated)``; parameters and results are those of
-``lax.conv_general_dilated`` (tests check values and both gradients to float32 rounding).
+``lax.conv_general_dilated``, so a path is a choice of speed, never of result: parameters and
+results are those of ``lax.conv_general_dilated`` (tests check values and both gradients to
+float32 rounding). ``forced(impl)`` overrides every model's choice while a computation is traced
+(FLOP counts trace with ``xla``: XLA's cost analysis counts nothing inside FFI calls).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -132,19 +135,36 @@ def _onednn_bwd(strides, padding, dilation, res, dy):
 _conv_onednn.defvjp(_onednn_fwd, _onednn_bwd)
 
 IMPLS = ("auto", "onednn", "taps", "xla")
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("polypjax_conv_forced", default=None)
+
+
+def check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"conv={impl!r} is unknown; choose one of {', '.join(IMPLS)}")
+
+
+@contextlib.contextmanager
+def forced(impl: str):
+    """Every convolution traced inside the block takes path ``impl``, whatever its model says.
+    Only traces made inside count: a function jax.jit traced before keeps its cached trace, so
+    trace a fresh one (``jax.jit(lambda *a: fn(*a))``)."""
+    check_impl(impl)
+    token = _FORCED.set(impl)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
 
 
 def _onednn_dtype(dtype) -> bool:
     """float32 always; bfloat16 where the CPU has bf16 instructions (oneDNN's bf16 kernels there
-    run at about twice its float32 speed; elsewhere XLA's bf16 convolution is the better fallback)."""
+    beat its float32 ones; elsewhere XLA's bf16 convolution is the better fallback)."""
     return dtype == jnp.float32 or (dtype == jnp.bfloat16 and onednn.has_bf16())
 
 
-def resolve_impl(impl: str | None = None) -> str:
-    """The path ``impl`` (default: ``$POLYPJAX_CONV``, else auto) stands for on this machine."""
-    impl = impl or os.environ.get("POLYPJAX_CONV", "auto")
-    if impl not in IMPLS:
-        raise ValueError(f"POLYPJAX_CONV={impl!r}: expected one of {', '.join(IMPLS)}")
+def resolve_impl(impl: str = "auto") -> str:
+    """The path ``impl`` stands for on this machine (``auto`` builds or loads oneDNN to find out)."""
+    check_impl(impl)
     if impl == "auto":
         return "onednn" if jax.default_backend() == "cpu" and onednn.available() else "taps"
     if impl == "onednn":
@@ -152,9 +172,12 @@ def resolve_impl(impl: str | None = None) -> str:
     return impl
 
 
-def make_conv(impl: str | None = None):
-    """A drop-in for ``lax.conv_general_dilated`` taking path ``impl`` (see the module docstring);
-    ``None`` reads ``$POLYPJAX_CONV`` each time a model is traced."""
+@functools.cache
+def make_conv(impl: str = "auto"):
+    """A drop-in for ``lax.conv_general_dilated`` taking path ``impl`` (see the module docstring).
+    The path is resolved when a CPU convolution it can take is traced, so building a model, and
+    running it on another backend, never builds the native kernels."""
+    check_impl(impl)
 
     def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
@@ -163,14 +186,16 @@ def make_conv(impl: str | None = None):
         lhs_dilation = tuple(lhs_dilation or (1,) * nd)
         rhs_dilation = tuple(rhs_dilation or (1,) * nd)
         dn = dimension_numbers
-        path = resolve_impl(impl) if jax.default_backend() == "cpu" else "xla"
+        choice = _FORCED.get() or impl
         simple = (
-            nd == 2 and path != "xla" and feature_group_count == 1 and batch_group_count == 1
+            nd == 2 and choice != "xla" and feature_group_count == 1 and batch_group_count == 1
             and lhs_dilation == (1, 1) and preferred_element_type is None and dn is not None
             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+            and jax.default_backend() == "cpu"
         )
         if simple:
+            path = resolve_impl(choice)
             strides = tuple(window_strides)
             pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides, rhs_dilation)
             if (path == "onednn" and lhs.dtype == rhs.dtype and _onednn_dtype(lhs.dtype)
@@ -184,6 +209,3 @@ def make_conv(impl: str | None = None):
             precision=precision, preferred_element_type=preferred_element_type)
 
     return conv_general_dilated
-
-
-conv_general_dilated = make_conv()

@@ -14,6 +14,9 @@ Models (``create_model(name, **kwargs)``):
 * ``deeplabv3plus``: DeepLabV3+ (Chen et al. 2018) on the same ResNet-34 encoder at output stride 16,
   laid out like smp's ``DeepLabV3Plus("resnet34")`` (separable ASPP, rates 12/24/36).
 
+Every model takes ``conv`` (``config.model.conv``): how its convolutions run on the CPU
+(``polypjax.models.conv``: auto, onednn, taps, xla); it changes speed only, not parameters or results.
+
 H and W must be multiples of the model's ``size_factor`` (its total downsampling); any other size
 raises ValueError rather than silently cropping or padding feature maps.
 
@@ -23,13 +26,14 @@ a feature space learnt on polyp frames, for Fréchet distances that need no down
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from polypjax.models.conv import conv_general_dilated
+from polypjax.models.conv import make_conv
 
 Dtype = Any
 
@@ -70,6 +74,7 @@ class ConvBNAct(nn.Module):
     groups: int = 1
     act: bool = True
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -82,7 +87,7 @@ class ConvBNAct(nn.Module):
             kernel_dilation=(self.dilation, self.dilation),
             feature_group_count=self.groups,
             use_bias=False,
-            conv_general_dilated=conv_general_dilated,
+            conv_general_dilated=make_conv(self.conv),
             dtype=self.dtype,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
         )(x)
@@ -97,11 +102,12 @@ class DoubleConv(nn.Module):
 
     features: int
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = ConvBNAct(self.features, dtype=self.dtype)(x, train)
-        return ConvBNAct(self.features, dtype=self.dtype)(x, train)
+        x = ConvBNAct(self.features, dtype=self.dtype, conv=self.conv)(x, train)
+        return ConvBNAct(self.features, dtype=self.dtype, conv=self.conv)(x, train)
 
 
 class Head(nn.Module):
@@ -110,11 +116,12 @@ class Head(nn.Module):
     num_classes: int
     kernel: int = 1
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(self.num_classes, (self.kernel, self.kernel), padding="SAME", dtype=self.dtype,
-                    conv_general_dilated=conv_general_dilated)(x)
+                    conv_general_dilated=make_conv(self.conv))(x)
         return x.astype(jnp.float32)
 
 
@@ -129,6 +136,7 @@ class UNet(nn.Module):
     features: Sequence[int] = (32, 64, 128, 256, 512)
     num_classes: int = 1
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @property
     def size_factor(self) -> int:
@@ -142,13 +150,13 @@ class UNet(nn.Module):
         for i, f in enumerate(self.features):
             if i:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = DoubleConv(f, dtype=self.dtype)(x, train)
+            x = DoubleConv(f, dtype=self.dtype, conv=self.conv)(x, train)
             skips.append(x)
         self.sow("intermediates", ENCODER, x)
         for f, skip in zip(reversed(self.features[:-1]), reversed(skips[:-1])):
             x = _up_conv(f, self.dtype)(x)
-            x = DoubleConv(f, dtype=self.dtype)(jnp.concatenate([skip, x], axis=-1), train)
-        return Head(self.num_classes, dtype=self.dtype)(x)
+            x = DoubleConv(f, dtype=self.dtype, conv=self.conv)(jnp.concatenate([skip, x], axis=-1), train)
+        return Head(self.num_classes, dtype=self.dtype, conv=self.conv)(x)
 
 
 class UNetPlusPlus(nn.Module):
@@ -168,6 +176,7 @@ class UNetPlusPlus(nn.Module):
     num_classes: int = 1
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @property
     def size_factor(self) -> int:
@@ -183,18 +192,20 @@ class UNetPlusPlus(nn.Module):
         for i, f in enumerate(self.features):
             if i:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = DoubleConv(f, dtype=self.dtype, name=f"X_{i}_0")(x, train)
+            x = DoubleConv(f, dtype=self.dtype, conv=self.conv, name=f"X_{i}_0")(x, train)
             nodes[i].append(x)
         self.sow("intermediates", ENCODER, x)
         for j in range(1, depth + 1):
             for i in range(depth + 1 - j):
                 up = _up_conv(self.features[i], self.dtype)(nodes[i + 1][j - 1])
                 inp = jnp.concatenate(nodes[i][:j] + [up], axis=-1)
-                nodes[i].append(DoubleConv(self.features[i], dtype=self.dtype, name=f"X_{i}_{j}")(inp, train))
+                node = DoubleConv(self.features[i], dtype=self.dtype, conv=self.conv, name=f"X_{i}_{j}")
+                nodes[i].append(node(inp, train))
         if not self.deep_supervision:
-            return Head(self.num_classes, dtype=self.dtype)(nodes[0][depth])
+            return Head(self.num_classes, dtype=self.dtype, conv=self.conv)(nodes[0][depth])
         heads = jnp.stack(
-            [Head(self.num_classes, dtype=self.dtype, name=f"head_{j}")(nodes[0][j]) for j in range(1, depth + 1)]
+            [Head(self.num_classes, dtype=self.dtype, conv=self.conv, name=f"head_{j}")(nodes[0][j])
+             for j in range(1, depth + 1)]
         )
         return heads if train else heads.mean(axis=0)
 
@@ -206,14 +217,16 @@ class BasicBlock(nn.Module):
     strides: int = 1
     dilation: int = 1
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
         residual = x
-        y = ConvBNAct(self.features, 3, self.strides, self.dilation, dtype=self.dtype)(x, train)
-        y = ConvBNAct(self.features, 3, 1, self.dilation, act=False, dtype=self.dtype)(y, train)
+        cba = functools.partial(ConvBNAct, dtype=self.dtype, conv=self.conv)
+        y = cba(self.features, 3, self.strides, self.dilation)(x, train)
+        y = cba(self.features, 3, 1, self.dilation, act=False)(y, train)
         if self.strides != 1 or x.shape[-1] != self.features:
-            residual = ConvBNAct(self.features, 1, self.strides, act=False, dtype=self.dtype)(x, train)
+            residual = cba(self.features, 1, self.strides, act=False)(x, train)
         return nn.relu(y + residual)
 
 
@@ -229,10 +242,11 @@ class ResNetEncoder(nn.Module):
     stem_features: int = 64
     dilate_last: bool = False
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = ConvBNAct(self.stem_features, 7, 2, dtype=self.dtype, name="stem")(x, train)
+        x = ConvBNAct(self.stem_features, 7, 2, dtype=self.dtype, conv=self.conv, name="stem")(x, train)
         feats = [x]
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         last = len(self.stage_features) - 1
@@ -240,7 +254,8 @@ class ResNetEncoder(nn.Module):
             dilated = self.dilate_last and s == last
             for b in range(n):
                 strides = 2 if (b == 0 and s > 0 and not dilated) else 1
-                x = BasicBlock(f, strides, 2 if dilated else 1, dtype=self.dtype, name=f"layer{s + 1}_{b}")(x, train)
+                x = BasicBlock(f, strides, 2 if dilated else 1, dtype=self.dtype, conv=self.conv,
+                               name=f"layer{s + 1}_{b}")(x, train)
             feats.append(x)
         return feats
 
@@ -255,6 +270,7 @@ class ResUNet34(nn.Module):
     stage_blocks: Sequence[int] = (3, 4, 6, 3)
     stem_features: int = 64
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @property
     def size_factor(self) -> int:
@@ -265,7 +281,8 @@ class ResUNet34(nn.Module):
         _check_size(x, self.size_factor, "resunet34")
         x = x.astype(self.dtype)
         feats = ResNetEncoder(
-            self.stage_features, self.stage_blocks, self.stem_features, dtype=self.dtype, name="encoder"
+            self.stage_features, self.stage_blocks, self.stem_features, dtype=self.dtype, conv=self.conv,
+            name="encoder",
         )(x, train)
         self.sow("intermediates", ENCODER, feats[-1])
         # Deepest first; the last decoder block (back to full resolution) has no skip.
@@ -274,9 +291,9 @@ class ResUNet34(nn.Module):
             x = _upsample_nearest(x)
             if skip is not None:
                 x = jnp.concatenate([x, skip], axis=-1)
-            x = ConvBNAct(ch, dtype=self.dtype, name=f"decoder{d}_conv1")(x, train)
-            x = ConvBNAct(ch, dtype=self.dtype, name=f"decoder{d}_conv2")(x, train)
-        return Head(self.num_classes, kernel=3, dtype=self.dtype)(x)
+            x = ConvBNAct(ch, dtype=self.dtype, conv=self.conv, name=f"decoder{d}_conv1")(x, train)
+            x = ConvBNAct(ch, dtype=self.dtype, conv=self.conv, name=f"decoder{d}_conv2")(x, train)
+        return Head(self.num_classes, kernel=3, dtype=self.dtype, conv=self.conv)(x)
 
 
 class SeparableConvBNAct(nn.Module):
@@ -285,6 +302,7 @@ class SeparableConvBNAct(nn.Module):
     features: int
     dilation: int = 1
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -293,7 +311,7 @@ class SeparableConvBNAct(nn.Module):
             c, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d), feature_group_count=c,
             use_bias=False, dtype=self.dtype,
         )(x)
-        return ConvBNAct(self.features, 1, dtype=self.dtype)(x, train)
+        return ConvBNAct(self.features, 1, dtype=self.dtype, conv=self.conv)(x, train)
 
 
 class DeepLabV3Plus(nn.Module):
@@ -316,6 +334,7 @@ class DeepLabV3Plus(nn.Module):
     stem_features: int = 64
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @property
     def size_factor(self) -> int:
@@ -328,25 +347,27 @@ class DeepLabV3Plus(nn.Module):
         x = x.astype(self.dtype)
         feats = ResNetEncoder(
             self.stage_features, self.stage_blocks, self.stem_features, dilate_last=True,
-            dtype=self.dtype, name="encoder",
+            dtype=self.dtype, conv=self.conv, name="encoder",
         )(x, train)
         high, low = feats[-1], feats[1]
         self.sow("intermediates", ENCODER, high)
         c = self.decoder_channels
-        branches = [ConvBNAct(c, 1, dtype=self.dtype, name="aspp_1x1")(high, train)]
+        cba = functools.partial(ConvBNAct, dtype=self.dtype, conv=self.conv)
+        sep = functools.partial(SeparableConvBNAct, dtype=self.dtype, conv=self.conv)
+        branches = [cba(c, 1, name="aspp_1x1")(high, train)]
         for r in self.atrous_rates:
-            branches.append(SeparableConvBNAct(c, r, dtype=self.dtype, name=f"aspp_rate{r}")(high, train))
+            branches.append(sep(c, r, name=f"aspp_rate{r}")(high, train))
         pooled = jnp.mean(high, axis=(1, 2), keepdims=True)
         # BN over a 1x1 map needs batch>1 in train mode, exactly as in PyTorch; fine for training batches.
-        pooled = ConvBNAct(c, 1, dtype=self.dtype, name="aspp_pool")(pooled, train)
+        pooled = cba(c, 1, name="aspp_pool")(pooled, train)
         branches.append(jnp.broadcast_to(pooled, branches[0].shape))
-        y = ConvBNAct(c, 1, dtype=self.dtype, name="aspp_project")(jnp.concatenate(branches, -1), train)
+        y = cba(c, 1, name="aspp_project")(jnp.concatenate(branches, -1), train)
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
-        y = SeparableConvBNAct(c, dtype=self.dtype, name="aspp_sep")(y, train)
+        y = sep(c, name="aspp_sep")(y, train)
         y = _resize_bilinear(y, low.shape[1], low.shape[2])
-        low = ConvBNAct(self.low_level_channels, 1, dtype=self.dtype, name="low_level")(low, train)
-        y = SeparableConvBNAct(c, dtype=self.dtype, name="fuse")(jnp.concatenate([y, low], -1), train)
-        y = Head(self.num_classes, kernel=1, dtype=self.dtype)(y)
+        low = cba(self.low_level_channels, 1, name="low_level")(low, train)
+        y = sep(c, name="fuse")(jnp.concatenate([y, low], -1), train)
+        y = Head(self.num_classes, kernel=1, dtype=self.dtype, conv=self.conv)(y)
         return _resize_bilinear(y, h, w)
 
 

@@ -4,9 +4,13 @@ The library is compiled once per (source, oneDNN, jaxlib, compiler) with the sys
 into a user cache folder (``$POLYPJAX_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/polypjax/native``),
 written under a temporary name and renamed, so concurrent first uses and killed builds never leave
 a half-written library behind. Only a library this source built is loaded (a sidecar records its
-build key and sha256), and only from a folder owned by the user and not writable by others. Anything missing (no wheel on this platform, no compiler, a failed
-build) raises ``NativeUnavailable`` with the reason; ``available()`` turns that into one warning
-and ``False`` so callers fall back to XLA's kernels.
+build key and sha256), and only from a folder owned by the user and not writable by others.
+Anything missing (no wheel on this platform, no compiler, a failed build) raises
+``NativeUnavailable`` with the reason; ``available()`` turns that into one warning and ``False`` so
+callers fall back to XLA's kernels.
+
+Nothing here runs at import: ``polypjax.models.conv`` calls ``load()`` when it first traces a CPU
+convolution that may take this path, and ``load()`` logs one line saying what it built or loaded.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -60,8 +65,9 @@ def cache_dir() -> Path:
     return cache_dirs.user_cache_dir("POLYPJAX_NATIVE_CACHE", "native")
 
 
-def build() -> Path:
-    """Path of the compiled library, compiling it first if this version is not cached yet."""
+def build() -> tuple[Path, bool]:
+    """(path of the compiled library, whether this call compiled it): compiles it first if this
+    version is not cached yet."""
     lib = _dist_file(_LIB_DIST, _LIB_FILE)
     include = _dist_file(_INC_DIST, _INC_FILE).parents[2]
     cxx = os.environ.get("CXX", "g++")
@@ -77,10 +83,9 @@ def build() -> Path:
     out = directory / f"polypjax_onednn_{key}.so"
     if out.exists():
         if _verified(out, key):
-            return out
+            return out, False
         logging.warning("%s is not the library this source built (no or a different %s); rebuilding it",
                         out, _sidecar(out).name)
-    logging.info("building the oneDNN convolution kernels (first use, a few seconds): %s", out)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
@@ -92,7 +97,7 @@ def build() -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return out
+    return out, True
 
 
 def _safe_cache_dir() -> Path:
@@ -134,13 +139,17 @@ def _verified(lib: Path, key: str) -> bool:
 @functools.cache
 def load() -> ctypes.CDLL:
     """Builds if needed, loads the library and registers its FFI targets for the CPU (once)."""
+    start = time.monotonic()
+    path, built = build()
     try:
-        lib = ctypes.CDLL(str(build()))
+        lib = ctypes.CDLL(str(path))
     except OSError as e:
         raise NativeUnavailable(f"loading the oneDNN kernels failed: {e}") from None
     for op, target in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, _SYMBOLS[op])),
                                     platform="cpu")
+    logging.info("oneDNN convolution kernels %s in %.1f s: %s", "built and loaded" if built else "loaded",
+                 time.monotonic() - start, path)
     return lib
 
 

@@ -80,9 +80,9 @@ def create_state(task: Task, config, mesh, example_batch: dict, num_steps: int) 
     return state, shardings
 
 
-# The init program runs once, but XLA:CPU's LLVM -O3 spends 10-15 s on its random-number code (a
-# (8,16) UNet: 12 s at -O3, 1.2 s at -O0; a full run's start-up was 48 s). Its speed does not matter;
-# the values differ from -O3 only in the last float bit.
+# The init program runs once, but XLA:CPU's LLVM -O3 spends most of a run's start-up optimising its
+# random-number code (tools/README.md, "Measurements"). Its speed does not matter; the values
+# differ from -O3 only in the last float bit.
 _ONE_OFF_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
@@ -151,7 +151,7 @@ def _restore_latest_good(mngr, state, shardings, data_iter):
 def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     """Runs (or resumes) `config.train.num_steps` steps of `task`; returns the final state."""
     workdir = pathlib.Path(workdir)
-    # tensorflow (TensorBoard writer) takes ~7 s to import on a small CPU: done while XLA compiles.
+    # tensorflow (TensorBoard writer) takes seconds to import: done while XLA compiles.
     warm = threading.Thread(target=writers_lib.tensorflow_available, name="import-tensorflow", daemon=True)
     warm.start()
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)

@@ -45,6 +45,7 @@ def bce_dice_loss(logits, masks, bce_weight: float = 1.0, dice_weight: float = 1
 def model_kwargs(config) -> dict:
     kwargs = dict(config.model.kwargs) if "kwargs" in config.model else {}
     kwargs["dtype"] = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    kwargs["conv"] = config.model.get("conv", "auto")  # absent from configs written before the field
     return kwargs
 
 
