@@ -180,13 +180,13 @@ def test_configs_written_before_model_conv_still_build_their_models():
     may add the field, and fingerprints of what was computed do not change."""
     from polypjax import workdir
     from polypjax.diffusion import generators
-    from polypjax.train.segmentation import _model_kwargs
+    from polypjax.train.segmentation import model_kwargs
     import ml_collections
 
     seg, dif = _load("segmentation").to_dict(), _load("diffusion").to_dict()
     for d in (seg, dif):
         del d["model"]["conv"]
-    assert _model_kwargs(ml_collections.ConfigDict(seg))["conv"] == "auto"
+    assert model_kwargs(ml_collections.ConfigDict(seg))["conv"] == "auto"
     assert generators.make_unet(ml_collections.ConfigDict(dif).model, 4, 4).conv == "auto"
     new = _load("segmentation").to_dict()
     new["model"]["conv"] = "xla"

@@ -215,7 +215,7 @@ def test_config_model_conv_picks_the_path_of_every_conv_not_the_values(name):
     is oneDNN where it builds), and xla and taps agree in value and gradient."""
     from polypjax import configlib
     from polypjax.native import onednn
-    from polypjax.train.segmentation import _model_kwargs
+    from polypjax.train.segmentation import model_kwargs
 
     config = configlib.load_config("segmentation")
     config.model.name, config.model.kwargs = name, TINY[name]
@@ -223,7 +223,7 @@ def test_config_model_conv_picks_the_path_of_every_conv_not_the_values(name):
     results, variables = {}, None
     for impl in ("xla", "taps", "auto"):
         config.model.conv = impl
-        model = create_model(name, **_model_kwargs(config))
+        model = create_model(name, **model_kwargs(config))
         assert model.conv == impl
         variables = variables or _init(model, x)
 

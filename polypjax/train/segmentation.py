@@ -91,12 +91,16 @@ class SegmentationTask:
 
     # --- evaluation -----------------------------------------------------------------------
     def predict_fn(self, mesh):
-        model = self.model
+        """The jitted prediction for `mesh`, built once per run: every evaluation reuses its trace."""
+        cache = self.__dict__.setdefault("_predict_fns", {})
+        if mesh not in cache:
+            model = self.model
 
-        def predict(params, model_state, batch):
-            return logits_of(model, {"params": params, **model_state}, batch["image"])
+            def predict(params, model_state, batch):
+                return logits_of(model, {"params": params, **model_state}, batch["image"])
 
-        return jax.jit(predict, out_shardings=parallel.batch_sharding(mesh))
+            cache[mesh] = jax.jit(predict, out_shardings=parallel.batch_sharding(mesh))
+        return cache[mesh]
 
     def evaluate(self, state, step: int, writer) -> dict:
         params = state.ema_params if self.config.train.ema_decay > 0 else state.params
