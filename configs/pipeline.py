@@ -1,8 +1,10 @@
-"""The whole pipeline on the embedded phantom data (train on domain A, test on A and B), on a CPU:
+"""The whole pipeline: phantom data (train on domain A, test on A and B) or real folders.
 
-    python -m polypjax.main --config=configs/pipeline.py --workdir=runs/pipeline
-    python -m polypjax.main --config=configs/pipeline.py:mini --workdir=runs/mini   # every stage at toy
-                                                    size (a smoke run: its numbers mean nothing)
+    --config=configs/pipeline.py             the CPU grid on phantom data (= configs/demo.py)
+    --config=configs/pipeline.py:quickstart  the README's first command (= configs/quickstart.py)
+    --config=configs/pipeline.py:mini        every stage at toy size (tests; its numbers mean nothing)
+    --config=configs/pipeline.py:kvasir_cpu  real Kvasir-SEG at 64 px on a CPU (= configs/kvasir_cpu.py)
+    --config=configs/pipeline.py:paper       the paper's setting for accelerators (= configs/paper.py)
 
 Each stage's config is its task's own configs/*.py plus the overrides below (see
 polypjax/experiments/pipeline.py); the report is runs/pipeline/report/report.html.
@@ -24,8 +26,14 @@ def get_config(variant: str = "cpu"):
         "eval": {"num_samples": 8, "sampler": {"steps": 20}}}}})
     config.generate = ml_collections.ConfigDict({
         "multiple": 1,  # synthetic pairs = multiple x the real training pairs (the paper's 1x/2x/3x)
-        "mode": "sample",  # sample | inpaint (RePaint into real frames) once the generate task has modes
-        "overrides": {"generate": {"batch_size": 50, "sampler": {"kind": "ddim", "steps": 20}}}})
+        # One synthetic set per mode: sample (from noise), inpaint (RePaint into the real training
+        # frames, the paper), sdedit (variations of real pairs), from_masks (two_stage, real masks).
+        "modes": ("sample", "inpaint"),
+        "overrides": {"generate": {"batch_size": 50, "sampler": {"kind": "ddim", "steps": 20}}},
+        # RePaint's jumps on a DDIM schedule: 25 steps, jumps of 5, 2 samples (45 UNet calls a pair
+        # instead of the paper's 960; configs/paper.py keeps the paper's schedule).
+        "mode_overrides": {"inpaint": {"generate": {"inpaint": {
+            "sampler": "repaint_ddim", "steps": 25, "jump_length": 5, "jump_n_sample": 2}}}}})
     config.evaluate = ml_collections.ConfigDict({"overrides": {"evaluate": {
         "image_size": 0, "batch_size": 50, "msssim_pairs": 200, "msssim_size": 176}}})
     config.segmentation = ml_collections.ConfigDict({
@@ -40,11 +48,73 @@ def get_config(variant: str = "cpu"):
                                                             "log_every": 25}}})
     # A blinded real-vs-synthetic page of the first generator's pairs (polypjax.review), linked from the report.
     config.review = ml_collections.ConfigDict({"enabled": True, "n": 20, "seed": 0, "show_masks": True})
-    if variant == "mini":
-        _miniature(config)
-    elif variant != "cpu":
-        raise ValueError(f"unknown variant {variant!r}: use cpu or mini")
+    variants = {"cpu": lambda c: None, "demo": lambda c: None, "quickstart": _quickstart, "mini": _miniature,
+                "kvasir_cpu": _kvasir_cpu, "paper": _paper}
+    if variant not in variants:
+        raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(variants)}")
+    variants[variant](config)
     return config
+
+
+def _quickstart(config):
+    """The smallest run whose numbers mean something: one generator trained long enough for
+    label-consistent pairs (300 steps, tools/generator_recipes.py), its pairs from noise and painted
+    into the real frames, and a segmenter with and without them at all 200 and at 16 real pairs."""
+    g = config.generators.joint.overrides
+    g.data.batch_size = 32
+    g.train.update({"num_steps": 300, "checkpoint_every": 100})
+    config.evaluate.overrides.evaluate.update({"msssim_pairs": 100})
+    s = config.segmentation
+    s.regimes = ("real", "mixed")
+    s.low_data.update({"sizes": (16,), "regimes": ("real", "mixed")})
+    s.overrides.train.update({"num_steps": 150, "checkpoint_every": 150})
+
+
+def _kvasir_cpu(config):
+    """Real Kvasir-SEG (--config.data.train=/path/to/Kvasir-SEG; its seeded hash split is the test
+    set, add external sets with --config.data.test=...) at 64 px: about two hours on a 2-core CPU."""
+    config.data.train = "/path/to/Kvasir-SEG"  # must be overridden: checked before any work
+    config.data.test = config.data.get_ref("train") + "@test"
+    config.data.image_size = 64
+    g = config.generators.joint.overrides
+    g.data.batch_size = 16
+    g.model.update({"channels": 48, "channel_mult": (1, 2, 2, 2), "attention_resolutions": (8,)})
+    g.train.update({"num_steps": 2000, "checkpoint_every": 250})
+    config.generate.overrides.generate.update({"batch_size": 32})
+    s = config.segmentation
+    s.models.unet.model.kwargs.features = (16, 32, 64, 128)
+    s.regimes = ("real", "real_augment", "mixed")
+    s.seeds = (0, 1)
+    s.low_data.update({"sizes": (50, 200), "regimes": ("real", "mixed")})
+    s.overrides.data.update({"batch_size": 16, "worker_count": 2})
+    s.overrides.train.update({"num_steps": 600, "checkpoint_every": 200})
+
+
+def _paper(config):
+    """Saragih et al. 2024 for accelerators: 256 px, the guided-diffusion-sized joint model
+    (configs/diffusion.py:paper, 1000 steps, eps, 500k steps), RePaint at the paper's schedule into
+    the real training frames, UNet++ scored on the Kvasir hash split and CVC-ClinicDB:
+        --config.data.train=/data/Kvasir-SEG --config.data.test=/data/Kvasir-SEG@test,/data/CVC-ClinicDB@all
+    Expected compute (XLA cost analysis of the training step, launch/README.md): 7.8 TFLOP a step at
+    batch 1, so about 3e19 FLOP for 500k steps at batch 8 (tens of GPU-hours on A100/H100-class chips)."""
+    config.data.train = "/path/to/Kvasir-SEG"
+    config.data.test = config.data.get_ref("train") + "@test"
+    config.data.image_size = 256
+    config.generators = ml_collections.ConfigDict({"joint": {"variant": "paper", "overrides": {
+        "data": {"worker_count": 4}}}})
+    config.generate.update({"multiple": 1, "modes": ("inpaint", "sample")})
+    config.generate.overrides = {"generate": {"batch_size": 16, "sampler": {"kind": "ddpm", "steps": 250}}}
+    config.generate.mode_overrides = {"inpaint": {"generate": {"inpaint": {
+        "sampler": "repaint", "steps": 200, "jump_length": 10, "jump_n_sample": 5}}}}
+    config.evaluate.overrides.evaluate.update({"msssim_pairs": 1000, "msssim_size": 176})
+    s = config.segmentation
+    s.models = ml_collections.ConfigDict({"unetpp": {"model": {"name": "unetpp", "kwargs": {}}}})
+    s.variant = "kvasir"
+    s.regimes = ("real", "real_augment", "synthetic", "mixed", "replace")
+    s.seeds = (0, 1, 2)
+    s.low_data.update({"sizes": (50, 100, 200), "regimes": ("real", "mixed"), "protocols": ("paper", "same_data")})
+    s.overrides = {"data": {"batch_size": 8, "worker_count": 4}, "train": {"num_steps": 8000, "checkpoint_every": 1000}}
+    config.review.n = 50
 
 
 def _miniature(config):
@@ -57,6 +127,7 @@ def _miniature(config):
     g.train.update({"num_steps": 4, "checkpoint_every": 2, "log_every": 2})
     g.eval.update({"num_samples": 2, "sampler": {"steps": 2}})
     config.generate.overrides.generate.update({"batch_size": 4, "sampler": {"kind": "ddim", "steps": 2}})
+    config.generate.mode_overrides.inpaint.generate.inpaint.update({"steps": 4, "jump_length": 2, "jump_n_sample": 2})
     config.evaluate.overrides.evaluate.update({"batch_size": 4, "msssim_pairs": 4, "kid_subsets": 2,
                                                "kid_subset_size": 4})
     s = config.segmentation

@@ -6,7 +6,6 @@ import importlib
 # task name -> module under polypjax.experiments with `run(config, workdir)` and optional `validate(config)`.
 TASKS = {
     "prepare_data": "polypjax.experiments.prepare_data",
-    "quickstart": "polypjax.experiments.quickstart",
     "pipeline": "polypjax.experiments.pipeline",
     "evaluate_generation": "polypjax.experiments.evaluate",
     "train_segmentation": "polypjax.experiments.train_segmentation",

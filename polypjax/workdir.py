@@ -38,7 +38,6 @@ OUTPUTS = {
     "generate": ("images", "masks", "manifest.jsonl", "generation.json", "preview.png"),
     "evaluate_generation": ("generation_metrics.json", "generation_metrics.md"),
     "prepare_data": _PREPARE,
-    "quickstart": _PREPARE + ("segmentation", "report.md"),
     "pipeline": ("data", "generators", "generated", "evaluation", "segmentation", "report"),
 }
 
@@ -75,9 +74,6 @@ MAY_CHANGE = {
                  "generate.batch_size": "pair i depends only on the seed and i",
                  "generate.num_samples": "the folder is extended (the generate task checks the rest)"},
     "prepare_data": dict(_PLACEMENT),
-    # Stages are skipped when their output exists, so only what no stage reads may change.
-    "quickstart": {**_INTERVALS, **_PLACEMENT, **_HOW,
-                   "data.eval_batch_size": _TEST_SETS["data.eval_batch_size"]},
     "evaluate_generation": {"*": "every output is recomputed by each run"},
     # Each stage records its own config and reruns (with the stages after it) when that changed.
     "pipeline": {"*": "stages compare their recorded configs themselves"},

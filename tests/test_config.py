@@ -25,6 +25,48 @@ def test_derived_fields_follow_overrides():
     assert tasks.resolve(c).data.eval_batch_size == 7
 
 
+@pytest.mark.parametrize("variant", ["quickstart", "demo", "mini", "kvasir_cpu", "paper"])
+def test_every_pipeline_variant_builds_valid_stage_configs(variant, tmp_path):
+    """Each shipped pipeline config resolves, and so does every stage config it would run (a bad
+    override in a variant would otherwise surface only when that stage starts, maybe hours in)."""
+    from polypjax.experiments import pipeline
+    c = configlib.load_config("pipeline", variant)
+    if "path/to" in c.data.train:  # the real-data variants need a folder on the command line
+        for sub in ("images", "masks"):
+            (tmp_path / "kvasir" / sub).mkdir(parents=True)
+        c.data.train = str(tmp_path / "kvasir")
+    r = tasks.resolve(c)
+    stage_dir = tmp_path / "stage"
+    (stage_dir / "masks").mkdir(parents=True)
+    (stage_dir / "images").mkdir()
+    sets = pipeline.synthetic_sets(r)
+    assert {m for _, _, m in sets} == set(r.generate.modes)
+    for name, g, mode in sets:
+        tasks.resolve(pipeline.generator_config(r, g))
+        gen = pipeline.generate_config(r, stage_dir, 10, mode, stage_dir / "masks")
+        assert gen.generate.mode == mode and (mode != "inpaint" or gen.generate.source == r.data.train)
+    assert tasks.resolve(pipeline.evaluate_config(r, [stage_dir], None)).evaluate.real == r.data.train
+    for model in r.segmentation.models:
+        for regime in r.segmentation.regimes:
+            seg = tasks.resolve(pipeline.segmentation_config(r, model, regime, seed=0, synthetic=str(stage_dir)))
+            assert seg.data.image_size == r.data.image_size and seg.regime.kind == regime
+
+
+def test_pipeline_modes_are_checked():
+    c = configlib.load_config("pipeline", "mini")
+    c.generate.modes = ("sample", "repaint")
+    with pytest.raises(configlib.ConfigError, match=r"config.generate.modes: 'repaint' is unknown"):
+        tasks.resolve(c)
+    c.generate.modes = ("from_masks",)
+    del c.generate.mode_overrides["inpaint"]
+    with pytest.raises(configlib.ConfigError, match=r"'from_masks' needs a two_stage generator"):
+        tasks.resolve(c)
+    c.generate.modes = ("sample",)
+    c.generate.mode_overrides = {"sdedit": {}}
+    with pytest.raises(configlib.ConfigError, match=r"mode_overrides.sdedit: 'sdedit' is not in"):
+        tasks.resolve(c)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("data.image_size", -5, "config.data.image_size must be positive"),
     ("data.batch_size", 0, "config.data.batch_size must be positive"),
@@ -84,7 +126,7 @@ def test_cli_runs_and_records_resolved_config(tmp_path):
 
 def test_quickstart_config_resolves():
     c = tasks.resolve(_load("quickstart"))
-    assert c.task == "quickstart" and c.data.train == "phantom-a" and c.train.num_steps > 0
+    assert c.task == "pipeline" and c.data.train == "phantom-a" and tuple(c.generate.modes) == ("sample", "inpaint")
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -162,7 +204,7 @@ def test_folder_names_with_at_sign_work_and_with_comma_are_refused_clearly(tmp_p
         tasks.resolve(c)
 
 
-@pytest.mark.parametrize("name", ["segmentation", "diffusion", "quickstart"])
+@pytest.mark.parametrize("name", ["segmentation", "diffusion"])
 def test_model_conv_is_a_checked_field_of_every_model_config(name):
     c = _load(name)
     assert c.model.conv == "auto"

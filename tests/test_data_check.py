@@ -201,7 +201,7 @@ def test_every_task_names_its_sources(tmp_path):
     s.data.synthetic, s.regime.kind = str(bad), "mixed"
     with pytest.raises(sources.DataError, match=r"^config.data.synthetic: .*p1.png"):
         tasks.check_data(s)
-    q = _config("quickstart")
+    q = _config("segmentation", variant="cpu")
     q.data.test = f"{bad}@all"
     with pytest.raises(sources.DataError, match=r"^config.data.test: "):
         tasks.check_data(q)

@@ -15,12 +15,14 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JUDGE = "segmentation/none/unet/real/all/0"
-STAGES = ["generators/joint", "generated/joint", JUDGE, "evaluation/joint",
-          "segmentation/joint/unet/mixed/all/0", "segmentation/none/unet/real/6/0",
-          "segmentation/joint/unet/mixed/6/0"]
+STAGES = ["generators/joint", "generated/joint", "generated/joint-inpaint", JUDGE, "evaluation/joint",
+          "evaluation/joint-inpaint", "segmentation/joint/unet/mixed/all/0",
+          "segmentation/joint-inpaint/unet/mixed/all/0", "segmentation/none/unet/real/6/0",
+          "segmentation/joint/unet/mixed/6/0", "segmentation/joint-inpaint/unet/mixed/6/0"]
 KILLED = STAGES[-1]
-READS_GENERATED = ("generated/joint", "evaluation/joint", "segmentation/joint/unet/mixed/all/0", KILLED)
-
+# The stages an inpaint-only setting reaches: that synthetic set, its metrics and its segmenters.
+READS_INPAINT = ("generated/joint-inpaint", "evaluation/joint-inpaint",
+                 "segmentation/joint-inpaint/unet/mixed/all/0", KILLED)
 
 # One CPU device, as `python -m polypjax.main` runs it (the test session simulates eight).
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # one device; as conftest
@@ -50,7 +52,7 @@ def finished(tmp_path_factory):
     proc = subprocess.Popen(_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=ENV)
     checkpoint = workdir / KILLED / "checkpoints" / "2"
-    deadline = time.monotonic() + 500
+    deadline = time.monotonic() + 900
     try:
         while not checkpoint.is_dir():
             assert proc.poll() is None, "the pipeline ended before its last segmenter checkpointed"
@@ -117,16 +119,42 @@ def test_report_tables_match_the_stage_results(finished):
     assert [{k: str(v) for k, v in r.items()} for r in summary["rows"]] == rows
 
 
-def test_changed_generation_config_reruns_that_stage_and_its_readers_only(finished):
+def test_changed_inpaint_config_reruns_that_set_and_its_readers_only(finished):
     workdir, _ = finished
     before = {rel: _stage(workdir, rel) for rel in STAGES}
-    log = _run(workdir, "--config.generate.overrides.generate.sampler.steps=3")
+    log = _run(workdir, "--config.generate.mode_overrides.inpaint.generate.inpaint.steps=3")
     for rel in STAGES:
         after = _stage(workdir, rel)
-        if rel in READS_GENERATED:
+        if rel in READS_INPAINT:
             assert f"stage {rel}: its config changed, rerunning it from scratch" in log, rel
             assert after["fingerprint"] != before[rel]["fingerprint"] and after["status"] == "done"
         else:
             assert f"stage {rel}: done, skipped" in log, rel
             assert after == before[rel]
-    assert _stage(workdir, "generated/joint")["config"]["generate"]["sampler"]["steps"] == 3
+    assert _stage(workdir, "generated/joint-inpaint")["config"]["generate"]["inpaint"]["steps"] == 3
+
+
+def test_inpaint_set_paints_into_the_real_training_frames(finished):
+    """The inpaint stage reads the pipeline's own training set: outside its region each pair is
+    that real frame, pixel for pixel, with background mask."""
+    import ml_collections
+    import numpy as np
+    from polypjax.data import catalog
+    from polypjax.data.sources import FolderSource
+    workdir, _ = finished
+    stage = _stage(workdir, "generated/joint-inpaint")["config"]
+    assert stage["generate"]["mode"] == "inpaint" and stage["generate"]["source"] == stage["data"]["train"]
+    data = ml_collections.ConfigDict(stage["data"])
+    real = catalog.make_source(data.train, data, default_split="train", seed=stage["seed"])
+    folder = workdir / "generated/joint-inpaint"
+    records = [json.loads(line) for m in sorted(folder.glob("manifest*.jsonl")) for line in m.read_text().splitlines()]
+    pairs = FolderSource(folder)
+    by_id = {pairs[i]["id"]: pairs[i] for i in range(len(pairs))}
+    assert len(records) == len(pairs) == 12
+    for rec in records:
+        pair, frame = by_id[rec["id"]], real[rec["source_frame"]]
+        y0, x0, y1, x1 = rec["region"]["bbox"]
+        outside = np.ones(pair["mask"].shape, bool)
+        outside[y0:y1, x0:x1] = False
+        assert np.array_equal(pair["image"][outside], frame["image"][outside]), rec["id"]
+        assert not pair["mask"][outside].any(), rec["id"]

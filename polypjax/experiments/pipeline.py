@@ -5,8 +5,10 @@ Every stage runs an existing task through `polypjax.main.run` in its own subfold
 config built from its `configs/*.py` plus the pipeline's overrides:
 
     generators/<g>                      train_diffusion (and generators/<g>-N<n> for the "same data" protocol)
-    generated/<g>                       generate (`generate.mode` passed through when the task has it)
-    evaluation/<g>                      evaluate_generation against the real training set
+    generated/<set>                     generate: one synthetic set per generator and mode of
+                                        `generate.modes`; <set> is <g> for `sample` and <g>-<mode>
+                                        otherwise (`inpaint`: RePaint into the real training frames)
+    evaluation/<set>                    evaluate_generation against the real training set
     segmentation/<g|none>/<model>/<regime>/<N|all>/<seed>   train_segmentation, scored on every test set
     data/subsets/N<n>                   the real pairs of the low-data sweep (one fixed subset per N)
     report/                             report.md, report.html, results.csv, figures/*.png
@@ -35,6 +37,9 @@ from polypjax.configlib import ConfigError
 from polypjax.data import export
 
 REAL_REGIMES = ("real", "real_augment")
+# Generation modes the pipeline runs, and the generator kinds each needs (experiments/generate.py).
+MODE_KINDS = {"sample": ("joint", "two_stage"), "inpaint": ("joint",), "sdedit": ("joint",),
+              "from_masks": ("two_stage",)}
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
 # Data fields every stage takes from the pipeline's own `config.data`.
 SHARED_DATA = ("train", "test", "image_size", "phantom_train_examples", "phantom_test_examples",
@@ -80,14 +85,30 @@ def generator_config(config, name: str, train: str | None = None):
     return c
 
 
-def generate_config(config, generator_dir: pathlib.Path, num_samples: int, mode: str):
+def synthetic_sets(config) -> list[tuple[str, str, str]]:
+    """(set name, generator, mode) for every generator and every mode of `generate.modes` its kind
+    supports, in config order; `sample` keeps the generator's own name."""
+    out = []
+    for g in config.generators:
+        kind = generator_config(config, g).generator.kind
+        out += [(g if mode == "sample" else f"{g}-{mode}", g, mode)
+                for mode in config.generate.modes if kind in MODE_KINDS[mode]]
+    return out
+
+
+def generate_config(config, generator_dir: pathlib.Path, num_samples: int, mode: str,
+                    real_masks: pathlib.Path | None = None):
+    """The generate stage of one mode: `generate.overrides`, then `generate.mode_overrides[mode]`;
+    `inpaint` and `sdedit` read the real training frames, `from_masks` the real training masks."""
     c = merge(_stage_base(config, "generate"), config.generate.overrides, "generate.overrides")
+    merge(c, config.generate.get("mode_overrides", {}).get(mode, {}), f"generate.mode_overrides.{mode}")
     c.generate.generator_workdir = str(generator_dir)
     c.generate.num_samples = int(num_samples)
-    if "mode" in c.generate:  # the generation modes (sample | inpaint | ...) where the task has them
-        c.generate.mode = mode
-    elif mode != "sample":
-        raise ConfigError(f"config.generate.mode={mode!r}: this generate task samples from noise only")
+    c.generate.mode = mode
+    if mode in ("inpaint", "sdedit"):
+        c.generate.source = config.data.train
+    if mode == "from_masks":
+        c.generate.masks = str(real_masks)
     return c
 
 
@@ -223,9 +244,15 @@ def _real_folder(workdir: pathlib.Path, config) -> pathlib.Path:
         if out.exists():
             shutil.rmtree(out)
         real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
-        export.write_source(real, out, desc="real training pairs for the review page")
+        export.write_source(real, out, desc="real training pairs as a folder")
         export.atomic_write_text(done, json.dumps(key) + "\n")
     return out
+
+
+def _masks_folder(folder: pathlib.Path) -> pathlib.Path:
+    """The mask folder of a pair folder (any layout sources.detect_layout knows): from_masks' input."""
+    from polypjax.data import sources
+    return sources.detect_layout(folder)[2]
 
 
 def make_review_page(workdir: pathlib.Path, config, generated: dict) -> dict:
@@ -233,7 +260,7 @@ def make_review_page(workdir: pathlib.Path, config, generated: dict) -> dict:
     its key stays beside it, outside the page. Rebuilt only when its settings changed."""
     from polypjax.review.page import make_review
     r = config.review
-    g = list(config.generators)[0]
+    g = next(iter(generated))  # the first synthetic set
     out = workdir / "review"
     settings = {"generator": g, "n": int(r.n), "seed": int(r.seed), "show_masks": bool(r.show_masks),
                 "generated": stages_fingerprint(generated[g])}
@@ -272,6 +299,20 @@ def validate(config) -> None:
         raise ConfigError("config.segmentation.seeds must list at least one seed")
     if config.generate.multiple <= 0:
         raise ConfigError(f"config.generate.multiple must be positive, got {config.generate.multiple}")
+    modes = tuple(config.generate.modes)
+    if not modes:
+        raise ConfigError("config.generate.modes must list at least one of " + ", ".join(MODE_KINDS))
+    for mode in modes:
+        if mode not in MODE_KINDS:
+            raise ConfigError(f"config.generate.modes: {mode!r} is unknown; choose from {tuple(MODE_KINDS)}")
+    kinds = {g: generator_config(config, g).generator.kind for g in config.generators}
+    for mode in modes:
+        if not any(k in MODE_KINDS[mode] for k in kinds.values()):
+            raise ConfigError(f"config.generate.modes: {mode!r} needs a {' or '.join(MODE_KINDS[mode])} generator; "
+                              f"the generators are {kinds}")
+    for mode in config.generate.get("mode_overrides", {}):
+        if mode not in modes:
+            raise ConfigError(f"config.generate.mode_overrides.{mode}: {mode!r} is not in config.generate.modes")
 
 
 def run(config, workdir: pathlib.Path) -> dict:
@@ -283,13 +324,16 @@ def run(config, workdir: pathlib.Path) -> dict:
     n_real = _real_count(config)
     runs = []  # (stage path, generator, model, regime, N, seed, protocol)
 
-    # 1-2. generators and their synthetic pairs (N x the real count).
-    generated = {}
+    # 1-2. generators, and their synthetic sets (N x the real count) in every configured mode.
+    sets = synthetic_sets(config)
+    gdirs, generated = {}, {}
+    masks = _masks_folder(_real_folder(workdir, config)) if any(m == "from_masks" for _, _, m in sets) else None
     for g in config.generators:
-        gdir = stages.run(f"generators/{g}", generator_config(config, g), what=f"train generator {g}")
-        generated[g] = stages.run(
-            f"generated/{g}", generate_config(config, gdir, config.generate.multiple * n_real, config.generate.mode),
-            upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple} x {n_real} pairs with {g}")
+        gdirs[g] = stages.run(f"generators/{g}", generator_config(config, g), what=f"train generator {g}")
+    for name, g, mode in sets:
+        generated[name] = stages.run(
+            f"generated/{name}", generate_config(config, gdirs[g], config.generate.multiple * n_real, mode, masks),
+            upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple} x {n_real} pairs with {g} ({mode})")
 
     def segment(model, regime, n, seed, generator="none", protocol="full", train=None, synthetic=None,
                 upstream=(), fraction=None):
@@ -305,10 +349,10 @@ def run(config, workdir: pathlib.Path) -> dict:
     # 4a. the real-only segmenter of the first seed doubles as the label-consistency judge.
     judge = segment(models[0], "real", None, s.seeds[0])
 
-    # 3. generation metrics of every generator against the real training set.
-    for g in config.generators:
-        stages.run(f"evaluation/{g}", evaluate_config(config, [generated[g]], workdir / judge),
-                   upstream=(f"generated/{g}", judge), what=f"generation metrics of {g}")
+    # 3. generation metrics of every synthetic set against the real training set.
+    for name in generated:
+        stages.run(f"evaluation/{name}", evaluate_config(config, [generated[name]], workdir / judge),
+                   upstream=(f"generated/{name}", judge), what=f"generation metrics of {name}")
 
     # 4b-5. every regime, model and seed at the full real set (each run scores every test set).
     for model in models:
@@ -318,9 +362,9 @@ def run(config, workdir: pathlib.Path) -> dict:
                     if (model, regime, seed) != (models[0], "real", s.seeds[0]):
                         segment(model, regime, None, seed)
                 else:
-                    for g in config.generators:
-                        segment(model, regime, None, seed, generator=g, synthetic=generated[g],
-                                upstream=(f"generated/{g}",))
+                    for name in generated:
+                        segment(model, regime, None, seed, generator=name, synthetic=generated[name],
+                                upstream=(f"generated/{name}",))
 
     # 4c. the low-data sweep: N real pairs, r synthetic per real pair, under both protocols.
     low = s.low_data
@@ -331,28 +375,35 @@ def run(config, workdir: pathlib.Path) -> dict:
         subset = _subset_folder(workdir, config, int(n))
         same = {}
         if "same_data" in low.protocols:
+            subset_masks = _masks_folder(subset) if masks is not None else None
             for g in config.generators:
                 gdir = stages.run(f"generators/{g}-N{n}", generator_config(config, g, train=str(subset)),
                                   what=f"train generator {g} on the N={n} subset (same-data protocol)")
-                same[g] = stages.run(f"generated/{g}-N{n}",
-                                     generate_config(config, gdir, max(2, int(round(r * n))), config.generate.mode),
-                                     upstream=(f"generators/{g}-N{n}",), what=f"generate with {g}-N{n}")
+                for name, gen, mode in sets:
+                    if gen != g:
+                        continue
+                    c = generate_config(config, gdir, max(2, int(round(r * n))), mode, subset_masks)
+                    if mode in ("inpaint", "sdedit"):
+                        c.generate.source = str(subset)  # only the N pairs this protocol may see
+                    same[name] = stages.run(f"generated/{name}-N{n}", c, upstream=(f"generators/{g}-N{n}",),
+                                            what=f"generate with {g}-N{n} ({mode})")
         for model in models:
             for seed in s.seeds:
                 for regime in low.regimes:
                     if regime in REAL_REGIMES:
                         segment(model, regime, n, seed, protocol="low_data", train=str(subset))
                         continue
-                    for g in config.generators:
+                    for name in generated:
                         for protocol in low.protocols:
-                            source, name = ((generated[g], g) if protocol == "paper" else (same[g], f"{g}-N{n}"))
-                            segment(model, regime, n, seed, generator=name, protocol=protocol, train=str(subset),
-                                    synthetic=source, upstream=(f"generated/{name}",), fraction=r / (1.0 + r))
+                            source, label = ((generated[name], name) if protocol == "paper"
+                                             else (same[name], f"{name}-N{n}"))
+                            segment(model, regime, n, seed, generator=label, protocol=protocol, train=str(subset),
+                                    synthetic=source, upstream=(f"generated/{label}",), fraction=r / (1.0 + r))
 
     review = make_review_page(workdir, config, generated) if config.get("review", {}).get("enabled") else None
 
     # 6. the report (always rebuilt: it is cheap and reads only finished stages).
     print("[pipeline] stage report", flush=True)
     summary = {"config": config.to_dict(), "num_real_train": n_real, "runs": runs,
-               "stages": stages.records, "generators": list(config.generators), "review": review}
+               "stages": stages.records, "generators": list(generated), "review": review}
     return report.write(workdir, summary)
