@@ -207,6 +207,39 @@ def test_training_loss_targets(pred):
     assert out2["loss"].shape == (3,) and bool(jnp.all((out2["t"] >= 0) & (out2["t"] < 1000)))
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_min_snr_weighting_is_one_x0_space_loss_for_every_target(schedule):
+    """Hang et al. 2023: the min-SNR-gamma loss is min(SNR_t, gamma) * ||x0 - x0_hat||^2. A model
+    whose implied x0 estimate is x0_hat, written as eps, x0 or v, must get exactly that loss; and
+    gamma above every SNR leaves eps-prediction's plain MSE."""
+    sched = S.make_schedule(schedule, 1000)
+    x0 = jax.random.uniform(jax.random.key(1), (4, 4, 4, 2), minval=-1, maxval=1)
+    x0_hat = jax.random.uniform(jax.random.key(4), x0.shape, minval=-1, maxval=1)
+    noise = jax.random.normal(jax.random.key(2), x0.shape)
+    t = jnp.array([0, 150, 500, 990])
+    acp = np.asarray(sched.alphas_cumprod, np.float64)[np.asarray(t)]
+    snr = acp / (1.0 - acp)
+    gamma = 5.0
+    expected = np.minimum(snr, gamma) * np.mean((np.asarray(x0) - np.asarray(x0_hat)) ** 2, axis=(1, 2, 3))
+
+    def model(pred):
+        def apply(params, x_t, timesteps, cond):
+            eps_hat = O.predict_eps_from_x0(sched, x_t, t, x0_hat)
+            a = jnp.sqrt(sched.alphas_cumprod[t])[:, None, None, None]
+            b = jnp.sqrt(1.0 - sched.alphas_cumprod[t])[:, None, None, None]
+            return {"eps": eps_hat, "x0": x0_hat, "v": a * eps_hat - b * x0_hat}[pred]
+        return apply
+
+    for pred in ("eps", "x0", "v"):
+        out = O.training_loss(model(pred), None, sched, x0, jax.random.key(3), pred=pred, t=t, noise=noise,
+                              min_snr_gamma=gamma)
+        np.testing.assert_allclose(out["mse"], expected, rtol=2e-3, err_msg=pred)
+    plain = O.training_loss(model("eps"), None, sched, x0, jax.random.key(3), pred="eps", t=t, noise=noise)
+    huge = O.training_loss(model("eps"), None, sched, x0, jax.random.key(3), pred="eps", t=t, noise=noise,
+                           min_snr_gamma=1e12)
+    np.testing.assert_allclose(huge["mse"], plain["mse"], rtol=1e-5)
+
+
 def test_training_loss_learn_sigma_hybrid():
     sched = S.make_schedule("linear", 1000)
     x0 = jax.random.uniform(jax.random.key(1), (4, 4, 4, 2), minval=-1, maxval=1)
