@@ -119,3 +119,23 @@ def test_same_files_on_1_or_8_devices_any_batch_and_after_a_kill(trained_generat
     ids = sorted(r["id"] for r in export.read_manifest_records(out))
     assert ids == [generate.pair_id(i) for i in range(5)]
     assert json.loads((out / "generation.json").read_text())["status"] == "complete"
+
+
+class _ProcessView:
+    """The batch sharding as one process of a 2-process job sees it: only its 4 of the 8 devices
+    are addressable (what `_local_rows` reads)."""
+
+    def __init__(self, sharding, process):
+        self.sharding, self.devices = sharding, set(list(sharding.mesh.devices.flat)[4 * process:4 * process + 4])
+
+    def addressable_devices_indices_map(self, shape):
+        return {d: i for d, i in self.sharding.devices_indices_map(shape).items() if d in self.devices}
+
+
+def test_process_shares_of_a_batch_are_disjoint_and_cover_it():
+    from polypjax import parallel
+    sharding = parallel.batch_sharding(parallel.make_mesh())
+    for batch in (8, 16):
+        shares = [generate._local_rows(_ProcessView(sharding, p), batch) for p in (0, 1)]
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(np.concatenate(shares)) == list(range(batch))
