@@ -181,10 +181,11 @@ def test_provenance_refusals_resume_and_bad_manifest(trained_generator, tmp_path
     assert "incomplete" in caplog.text
 
 
-def test_inpaint_keeps_every_pixel_outside_the_region(trained_generator, tmp_path):
+@pytest.mark.parametrize("sampler", ["repaint", "repaint_ddim"])
+def test_inpaint_keeps_every_pixel_outside_the_region(trained_generator, tmp_path, sampler):
     c = generate_config(trained_generator, num=4, batch=3)
     c.generate.update(mode="inpaint", source="phantom-a")
-    c.generate.inpaint.update(steps=6, jump_length=2, jump_n_sample=2)
+    c.generate.inpaint.update(sampler=sampler, steps=6, jump_length=2, jump_n_sample=2)
     out = tmp_path / "inpaint"
     main.run(c, str(out))
     resolved = tasks.resolve(c)

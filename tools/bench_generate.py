@@ -1,0 +1,114 @@
+"""The generate task's end-to-end pairs/s beside its sampler's alone, for `sample` and `inpaint`.
+
+End to end is the task as a user runs it (`main.run`: host inputs, the jitted sampler, the writer
+pool's post-processing, PNG encoding and manifest); sampler-only is the same jitted device function
+on the same batch, blocked on. The end-to-end rate is marginal: after a warm-up run (it fills the
+compilation cache), runs of n and 3n pairs into fresh folders, rate = 2n / (t(3n) - t(n)), so
+loading the checkpoint and compiling cancel out. The
+target (issue 15) is end to end >= 90 % of sampler-only: the host work hides behind the device.
+
+    python tools/bench_generate.py [--generator_workdir DIR] [--size 32] [--batch 8] [--pairs 16]
+                                   [--steps 10] [--modes sample,inpaint]
+
+Without --generator_workdir a tiny generator (`--size` px) is trained for 2 steps first; speed does
+not depend on how well it is trained. Last line: one JSON object {case: pairs/s}.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from polypjax import hostenv  # noqa: E402
+
+hostenv.reexec_with_hugepage_malloc()
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def _generator(size: int, root: str) -> str:
+    from polypjax import configlib, main
+    c = configlib.load_config("diffusion", "cpu")
+    c.data.image_size, c.data.batch_size, c.data.phantom_train_examples = size, 4, 16
+    c.model.update(channels=32, channel_mult=(1, 2), attention_resolutions=(size // 2,), num_heads=2)
+    c.train.update(num_steps=2, checkpoint_every=2, log_every=1, eval_every=0)
+    wd = os.path.join(root, "generator")
+    main.run(c, wd)
+    return wd
+
+
+def _config(generator_workdir, mode, n, batch, steps):
+    from polypjax import configlib
+    c = configlib.load_config("generate")
+    c.generate.update(generator_workdir=generator_workdir, num_samples=n, batch_size=batch, mode=mode)
+    c.generate.sampler.steps = steps
+    if mode == "inpaint":
+        c.generate.source = "phantom-a"
+        c.data.phantom_train_examples = 16
+        # The fast variant at `steps` respaced steps: the same device/host split as the paper's settings.
+        c.generate.inpaint.update(sampler="repaint_ddim", steps=steps, jump_length=5, jump_n_sample=2)
+    return c
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--generator_workdir", default="")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=16, help="n: the timed runs make n and 3n pairs")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--modes", default="sample,inpaint")
+    ap.add_argument("--budget", type=float, default=10.0)
+    args = ap.parse_args()
+
+    import jax
+    import numpy as np
+    from bench_common import summarise, timed_loop
+    from polypjax import main as entry
+    from polypjax import parallel, tasks
+    from polypjax.experiments import generate
+
+    root = tempfile.mkdtemp(prefix="bench_generate_")
+    wd = args.generator_workdir or _generator(args.size, root)
+    results, line = {}, {}
+    for mode in args.modes.split(","):
+        # Sampler only: the task's own device function and shardings on one global batch.
+        c = tasks.resolve(_config(wd, mode, args.pairs, args.batch, args.steps))
+        generator, params, train_config = generate.load_generator(wd)
+        c.data.image_size = generator.image_size
+        m = generate.Mode(c, generator, train_config)
+        mesh = parallel.make_mesh(c.mesh.data, c.mesh.fsdp)
+        sh = parallel.batch_sharding(mesh)
+        batch = -(-args.batch // mesh.devices.size) * mesh.devices.size
+        idx = np.arange(batch)
+        inputs, _ = m.inputs(idx)
+        g_inputs = parallel.global_batch(inputs, mesh)
+        g_idx = parallel.global_batch({"i": idx.astype(np.int32)}, mesh)["i"]
+        f = jax.jit(m.device_fn(), out_shardings=(sh, sh))
+        r = summarise(timed_loop(lambda: jax.block_until_ready(f(params, g_idx, g_inputs)), warmup=1,
+                                 min_iters=2, max_iters=20, budget_s=args.budget), batch)
+        sampler_rate = r["items_per_s"]
+        # End to end, marginal over n pairs.
+        times = []
+        entry.run(_config(wd, mode, args.pairs, args.batch, args.steps), os.path.join(root, f"{mode}_warm"))
+        for n in (args.pairs, 3 * args.pairs):
+            t = time.perf_counter()
+            entry.run(_config(wd, mode, n, args.batch, args.steps), os.path.join(root, f"{mode}_{n}"))
+            times.append(time.perf_counter() - t)
+        e2e_rate = 2 * args.pairs / max(1e-9, times[1] - times[0])
+        results[mode] = {"sampler_pairs_per_s": sampler_rate, "end_to_end_pairs_per_s": e2e_rate,
+                         "ratio": e2e_rate / sampler_rate, "unet_calls_per_pair": m.unet_calls(),
+                         "run_s": times}
+        print(f"{mode}: sampler-only {sampler_rate:.2f} pairs/s, end to end {e2e_rate:.2f} pairs/s "
+              f"({100 * e2e_rate / sampler_rate:.0f}%), {m.unet_calls()} UNet calls/pair, "
+              f"runs of {args.pairs}/{3 * args.pairs} pairs: {times[0]:.1f}/{times[1]:.1f} s", flush=True)
+        line[f"{mode}_sampler"] = sampler_rate
+        line[f"{mode}_end_to_end"] = e2e_rate
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}, {args.size} px, "
+          f"batch {args.batch}, {args.steps} steps, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    import json
+    print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
