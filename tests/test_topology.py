@@ -5,7 +5,6 @@ import json
 import pathlib
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -20,23 +19,6 @@ STEPS = 4
 RTOL, ATOL = 1e-4, 1e-6
 
 
-class WideNet(nn.Module):
-    """The toy segmenter with one layer large enough for fsdp to shard (>= 2**14 weights). No bias
-    before BatchNorm: its true gradient is zero, so Adam would amplify rounding noise to +-lr."""
-
-    @nn.compact
-    def __call__(self, x, train):
-        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(16, (3, 3), use_bias=False)(x)))
-        x = nn.Dropout(0.2, deterministic=not train)(nn.relu(nn.Conv(128, (3, 3))(x)))
-        return nn.Conv(1, (1, 1))(x)
-
-
-class WideTask(loop_toy.ToyTask):
-    def __init__(self, config):
-        super().__init__(config)
-        self.model = WideNet()
-
-
 def _config(data, fsdp, steps=STEPS):
     c = loop_toy.config(steps)
     c.mesh.data, c.mesh.fsdp = data, fsdp
@@ -44,7 +26,7 @@ def _config(data, fsdp, steps=STEPS):
 
 
 def _train(workdir, data, fsdp, steps=STEPS):
-    return loop.train(WideTask(_config(data, fsdp, steps)), _config(data, fsdp, steps), workdir)
+    return loop.train(loop_toy.WideTask(_config(data, fsdp, steps)), _config(data, fsdp, steps), workdir)
 
 
 def _host(state):
