@@ -92,6 +92,13 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     return out
 
 
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array split over its first axis (what its own `global_batch`
+    put in), in order, without a collective: for host work that only process 0 does."""
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}  # replicas share a start
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
 def to_host(x) -> np.ndarray:
     """Fully replicated or addressable global array -> numpy on every process."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:

@@ -64,6 +64,23 @@ class ToyTask:
         return {"eval/step_seen": float(step)}
 
 
+class WideNet(nn.Module):
+    """The toy segmenter with one layer large enough for fsdp to shard (>= 2**14 weights). No bias
+    before BatchNorm: its true gradient is zero, so Adam would amplify rounding noise to +-lr."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(16, (3, 3), use_bias=False)(x)))
+        x = nn.Dropout(0.2, deterministic=not train)(nn.relu(nn.Conv(128, (3, 3))(x)))
+        return nn.Conv(1, (1, 1))(x)
+
+
+class WideTask(ToyTask):
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = WideNet()
+
+
 def config(num_steps=12):
     c = configlib.base_config("train_segmentation")
     c.train, c.optim = configlib.train_config()

@@ -64,3 +64,13 @@ def test_initialize_distributed_is_noop_on_one_host(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "4")
     parallel.initialize_distributed()
     assert called == [()]
+
+
+@pytest.mark.parametrize("data,fsdp", [(-1, 1), (2, 4)])
+def test_local_rows_are_this_process_rows_in_order(data, fsdp):
+    mesh = parallel.make_mesh(data, fsdp)
+    local = {"x": np.arange(16 * 3, dtype=np.float32).reshape(16, 3)}
+    out = jax.jit(lambda b: b["x"] * 2, out_shardings=parallel.batch_sharding(mesh))(parallel.global_batch(local, mesh))
+    np.testing.assert_array_equal(parallel.local_rows(out), local["x"] * 2)
+    replicated = jax.device_put(local["x"], parallel.replicated(mesh))  # 8 copies of one shard
+    np.testing.assert_array_equal(parallel.local_rows(replicated), local["x"])

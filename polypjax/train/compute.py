@@ -29,12 +29,23 @@ def step_flops(jitted, *args, compile: bool = False) -> float | None:
     return float(flops) if flops else None
 
 
-def record_step_flops(workdir, jitted, *args) -> None:
-    """Writes `<workdir>/compute.json` (FLOPs per training step, device count) once per workdir."""
+def bytes_per_device(tree) -> int:
+    """The most bytes of `tree`'s arrays that any one device holds: with fsdp sharding, what the
+    train state costs each device (activations not included)."""
+    held: dict = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in getattr(leaf, "addressable_shards", ()):
+            held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+    return max(held.values(), default=0)
+
+
+def record_step_flops(workdir, jitted, *args, **extra) -> None:
+    """Writes `<workdir>/compute.json` (FLOPs per training step, device count, and `extra`) once per
+    workdir."""
     path = pathlib.Path(workdir) / "compute.json"
     if path.exists() or jax.process_index() != 0:
         return
     from polypjax.data import export
-    record = {"flops_per_step": step_flops(jitted, *args), "device_count": jax.device_count(),
+    record = {"flops_per_step": step_flops(jitted, *args), "device_count": jax.device_count(), **extra,
               "source": "XLA cost analysis of the unoptimised train step (XLA's convolutions)"}
     export.atomic_write_text(path, json.dumps(record, indent=2) + "\n")

@@ -165,7 +165,11 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     step_fn = jax.jit(make_train_step(task.loss), in_shardings=(shardings, batch_sharding),
                       out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
 
-    compute.record_step_flops(workdir, step_fn, state, first)  # the compute column of pipeline reports
+    state_bytes = compute.bytes_per_device(state)
+    logging.info("train state: %.1f MiB per device on a data=%d x fsdp=%d mesh", state_bytes / 2**20,
+                 mesh.shape["data"], mesh.shape["fsdp"])
+    compute.record_step_flops(workdir, step_fn, state, first,  # the compute column of pipeline reports
+                              state_bytes_per_device=state_bytes, mesh=dict(mesh.shape))
     mngr = checkpoint_manager(workdir, config)
     start = 0
     if mngr.latest_step() is not None:

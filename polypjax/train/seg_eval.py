@@ -28,7 +28,7 @@ def evaluate_sets(predict_fn_factory, params, model_state, test_sources: dict, c
             logits = predict(params, model_state, batch)
             total = accumulate(total, logits, batch["mask"], batch["valid"])
             if len(overlays) < num_overlays and jax.process_index() == 0:
-                pred = np.asarray(jax.device_get(logits))[..., 0] > 0
+                pred = parallel.local_rows(logits)[..., 0] > 0  # process 0's rows: local's
                 for i in range(len(local["valid"])):
                     if local["valid"][i] and len(overlays) < num_overlays:
                         overlays.append(_overlay_row(local["image"][i], local["mask"][i], pred[i]))
