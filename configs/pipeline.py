@@ -21,7 +21,11 @@ def get_config(variant: str = "cpu"):
         "data": {"batch_size": 16},
         "model": {"channels": 32, "channel_mult": (1, 2, 2)},
         "train": {"num_steps": 600, "checkpoint_every": 200, "eval_every": 0, "log_every": 50},
-        "eval": {"num_samples": 8, "sampler": {"steps": 20}}}}})
+        "eval": {"num_samples": 8, "sampler": {"steps": 20}}}},
+        # The GAN baseline (configs/gan.py, image + mask from noise) beside it, the paper's comparison;
+        # "mode": its own generate mode (a GAN cannot inpaint), else config.generate.mode.
+        "joint_gan": {"config": "gan", "variant": "joint", "mode": "sample", "overrides": {
+            "data": {"batch_size": 16}, "train": {"num_steps": 600, "checkpoint_every": 200, "log_every": 50}}}})
     config.generate = ml_collections.ConfigDict({
         "multiple": 1,  # synthetic pairs = multiple x the real training pairs (the paper's 1x/2x/3x)
         "mode": "sample",  # sample | inpaint (RePaint into real frames) once the generate task has modes
@@ -42,13 +46,20 @@ def get_config(variant: str = "cpu"):
     config.review = ml_collections.ConfigDict({"enabled": True, "n": 20, "seed": 0, "show_masks": True})
     if variant == "mini":
         _miniature(config)
+    elif variant == "mini_gan":  # mini with the GAN baseline beside the joint diffusion model
+        gan = config.generators.joint_gan
+        _miniature(config)
+        gan.overrides.model = {"gen_channels": 8, "num_up": 2, "disc_channels": 8}
+        gan.overrides.train.update({"num_steps": 4, "checkpoint_every": 2, "log_every": 2})
+        config.generators.joint_gan = gan
     elif variant != "cpu":
-        raise ValueError(f"unknown variant {variant!r}: use cpu or mini")
+        raise ValueError(f"unknown variant {variant!r}: use cpu, mini or mini_gan")
     return config
 
 
 def _miniature(config):
     """Every stage, every kind of segmentation run and the report, at toy size (tests, smoke runs)."""
+    del config.generators["joint_gan"]  # `mini_gan` has both families
     config.data.phantom_train_examples = 12
     config.data.phantom_test_examples = 4
     g = config.generators.joint.overrides

@@ -15,7 +15,7 @@ from polypjax.data.sources import FolderSource
 from polypjax.train import diffusion, loop
 from tiny_configs import generate_config, tiny_gan_config
 
-STEPS = 30
+STEPS = 20
 
 
 def _config(joint=True):

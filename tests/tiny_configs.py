@@ -31,7 +31,7 @@ def tiny_gan_config(joint=True):
     c.data.image_size = 16
     c.data.batch_size = 8
     c.data.phantom_train_examples = 16
-    c.model.update(gen_channels=16, num_up=2, disc_channels=16)
+    c.model.update(gen_channels=8, num_up=2, disc_channels=8)
     c.train.update(num_steps=4, checkpoint_every=2, log_every=2, eval_every=0)
     c.eval.num_samples = 8
     return c

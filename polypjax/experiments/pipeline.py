@@ -71,9 +71,15 @@ def _stage_base(config, name: str, *args) -> ml_collections.ConfigDict:
     return c
 
 
+GENERATOR_CONFIGS = ("diffusion", "gan")  # configs/<name>.py of a generators.<g> entry
+
+
 def generator_config(config, name: str, train: str | None = None):
     g = config.generators[name]
-    c = merge(_stage_base(config, "diffusion", g.get("variant", "cpu")), g.get("overrides", {}),
+    # `config`: the generator's config file (diffusion, or gan for the GAN baseline).
+    base = g.get("config", "diffusion")
+    c = merge(_stage_base(config, base, g.get("variant", "cpu" if base == "diffusion" else "joint")),
+              g.get("overrides", {}),
               f"generators.{name}.overrides")
     if train is not None:
         c.data.train = train
@@ -259,6 +265,9 @@ def validate(config) -> None:
     s = config.segmentation
     if not config.generators:
         raise ConfigError("config.generators must name at least one generator (e.g. joint)")
+    for name, g in config.generators.items():
+        if g.get("config", "diffusion") not in GENERATOR_CONFIGS:
+            raise ConfigError(f"config.generators.{name}.config={g.config!r} is unknown; choose one of {GENERATOR_CONFIGS}")
     if not s.models:
         raise ConfigError("config.segmentation.models must name at least one segmenter")
     for regime in s.regimes:
@@ -288,7 +297,8 @@ def run(config, workdir: pathlib.Path) -> dict:
     for g in config.generators:
         gdir = stages.run(f"generators/{g}", generator_config(config, g), what=f"train generator {g}")
         generated[g] = stages.run(
-            f"generated/{g}", generate_config(config, gdir, config.generate.multiple * n_real, config.generate.mode),
+            f"generated/{g}", generate_config(config, gdir, config.generate.multiple * n_real,
+                                              config.generators[g].get("mode", config.generate.mode)),
             upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple} x {n_real} pairs with {g}")
 
     def segment(model, regime, n, seed, generator="none", protocol="full", train=None, synthetic=None,
@@ -335,7 +345,8 @@ def run(config, workdir: pathlib.Path) -> dict:
                 gdir = stages.run(f"generators/{g}-N{n}", generator_config(config, g, train=str(subset)),
                                   what=f"train generator {g} on the N={n} subset (same-data protocol)")
                 same[g] = stages.run(f"generated/{g}-N{n}",
-                                     generate_config(config, gdir, max(2, int(round(r * n))), config.generate.mode),
+                                     generate_config(config, gdir, max(2, int(round(r * n))),
+                                                     config.generators[g].get("mode", config.generate.mode)),
                                      upstream=(f"generators/{g}-N{n}",), what=f"generate with {g}-N{n}")
         for model in models:
             for seed in s.seeds:

@@ -36,12 +36,7 @@ class DiffusionTask:
         return self.generator.init(rng, batch)
 
     def optimizer(self, num_steps: int):
-        """`config.optim`; a family of several networks (the GAN) names one optimizer block per
-        parameter tree (`optim_fields`)."""
-        fields = getattr(self.generator, "optim_fields", None)
-        if fields is None:
-            return state_lib.make_optimizer(self.config.optim, num_steps)
-        return state_lib.make_partitioned_optimizer({k: self.config[f] for k, f in fields.items()}, num_steps)
+        return generator_optimizer(self.generator, self.config, num_steps)
 
     def loss(self, params, model_state, batch, rng):
         return self.generator.loss(params, model_state, batch, rng)
@@ -75,6 +70,15 @@ class DiffusionTask:
         fractions = masks.reshape(len(masks), -1).mean(axis=1)
         return {"sample/mask_fraction_mean": float(fractions.mean()),
                 "sample/empty_mask_fraction": float((fractions == 0).mean())}
+
+
+def generator_optimizer(generator, config, num_steps: int):
+    """`config.optim`; a family of several networks (the GAN) names one optimizer block per
+    parameter tree (`optim_fields`)."""
+    fields = getattr(generator, "optim_fields", None)
+    if fields is None:
+        return state_lib.make_optimizer(config.optim, num_steps)
+    return state_lib.make_partitioned_optimizer({k: config[f] for k, f in fields.items()}, num_steps)
 
 
 def validate_sampler(s, field: str) -> None:
