@@ -95,3 +95,15 @@ def test_mask_conditioned_gan_generates_for_given_masks(tmp_path):
     src = FolderSource(tmp_path / "out")
     assert len(src) == 3
     np.testing.assert_array_equal(np.stack([src[i]["mask"] for i in range(3)]) > 0, want > 0)
+
+
+def test_pipeline_takes_a_gan_generator_entry():
+    from polypjax import configlib
+    from polypjax.experiments import pipeline
+    c = configlib.load_config("pipeline", "mini_gan")
+    assert list(c.generators) == ["joint", "joint_gan"]
+    g = tasks.resolve(pipeline.generator_config(c, "joint_gan"))
+    assert g.task == "train_diffusion" and g.generator.kind == "gan" and g.gan.joint
+    c.generators.joint_gan.config = "nope"
+    with pytest.raises(ConfigError, match="generators.joint_gan.config"):
+        pipeline.validate(c)
