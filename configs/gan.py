@@ -33,13 +33,8 @@ def get_config(variant: str = "joint"):
         optim.update(name="adam", learning_rate=lr, b1=0.0, b2=0.999, weight_decay=0.0,
                      schedule="constant", warmup_steps=0, grad_clip=0.0)
     config.train.ema_decay = 0.999
-    config.data.image_size = 32
-    config.data.batch_size = 32
-    config.data.phantom_train_examples = 2000
-    config.train.num_steps = 3000
-    config.train.checkpoint_every = 500
-    config.train.eval_every = 1000
-    config.train.log_every = 50
+    config.data.update(image_size=32, batch_size=32, phantom_train_examples=2000)
+    config.train.update(num_steps=3000, checkpoint_every=500, eval_every=1000, log_every=50)
     if variant == "spade":
         config.gan.joint = False
     elif variant != "joint":

@@ -18,15 +18,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    from bench_common import add_common_args
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", default="joint", choices=["joint", "spade"])
-    ap.add_argument("--budget", type=float, default=25.0)
-    ap.add_argument("--max_iters", type=int, default=50)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--conv", default="auto", choices=["auto", "onednn", "taps", "xla"],
-                    help="the models' convolution path (config.model.conv; polypjax/models/conv.py)")
-    ap.add_argument("--no_peak", action="store_true")
+    add_common_args(ap, batch=32, size=32)
     args = ap.parse_args()
 
     import jax
