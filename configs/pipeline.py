@@ -23,7 +23,11 @@ def get_config(variant: str = "cpu"):
         "data": {"batch_size": 16},
         "model": {"channels": 32, "channel_mult": (1, 2, 2)},
         "train": {"num_steps": 600, "checkpoint_every": 200, "eval_every": 0, "log_every": 50},
-        "eval": {"num_samples": 8, "sampler": {"steps": 20}}}}})
+        "eval": {"num_samples": 8, "sampler": {"steps": 20}}}},
+        # The GAN baseline (configs/gan.py, image + mask from noise) beside it, the paper's comparison;
+        # it takes only the modes its kind can (sample: a GAN cannot inpaint).
+        "joint_gan": {"config": "gan", "variant": "joint", "overrides": {
+            "data": {"batch_size": 16}, "train": {"num_steps": 600, "checkpoint_every": 200, "log_every": 50}}}})
     config.generate = ml_collections.ConfigDict({
         "multiple": 1,  # synthetic pairs = multiple x the real training pairs (the paper's 1x/2x/3x)
         # One synthetic set per mode: sample (from noise), inpaint (RePaint into the real training
@@ -49,17 +53,28 @@ def get_config(variant: str = "cpu"):
     # A blinded real-vs-synthetic page of the first generator's pairs (polypjax.review), linked from the report.
     config.review = ml_collections.ConfigDict({"enabled": True, "n": 20, "seed": 0, "show_masks": True})
     variants = {"cpu": lambda c: None, "demo": lambda c: None, "quickstart": _quickstart, "mini": _miniature,
-                "kvasir_cpu": _kvasir_cpu, "paper": _paper}
+                "mini_gan": _miniature_gan, "kvasir_cpu": _kvasir_cpu, "paper": _paper}
     if variant not in variants:
         raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(variants)}")
     variants[variant](config)
     return config
 
 
+def _miniature_gan(config):
+    """mini with the GAN baseline beside the joint diffusion model."""
+    gan = config.generators.joint_gan
+    _miniature(config)
+    gan.overrides.model = {"gen_channels": 8, "num_up": 2, "disc_channels": 8}
+    gan.overrides.train.update({"num_steps": 4, "checkpoint_every": 2, "log_every": 2})
+    config.generators.joint_gan = gan
+
+
 def _quickstart(config):
     """The smallest run whose numbers mean something: one generator trained long enough for
     label-consistent pairs (300 steps, tools/generator_recipes.py), its pairs from noise and painted
-    into the real frames, and a segmenter with and without them at all 200 and at 16 real pairs."""
+    into the real frames, and a segmenter with and without them at all 200 and at 16 real pairs.
+    The GAN baseline is left to configs/demo.py (time)."""
+    del config.generators["joint_gan"]
     g = config.generators.joint.overrides
     g.data.batch_size = 32
     g.train.update({"num_steps": 300, "checkpoint_every": 100})
@@ -76,6 +91,7 @@ def _kvasir_cpu(config):
     config.data.train = "/path/to/Kvasir-SEG"  # must be overridden: checked before any work
     config.data.test = config.data.get_ref("train") + "@test"
     config.data.image_size = 64
+    del config.generators["joint_gan"]  # its CPU settings are for 32 px
     g = config.generators.joint.overrides
     g.data.batch_size = 16
     g.model.update({"channels": 48, "channel_mult": (1, 2, 2, 2), "attention_resolutions": (8,)})
@@ -119,6 +135,7 @@ def _paper(config):
 
 def _miniature(config):
     """Every stage, every kind of segmentation run and the report, at toy size (tests, smoke runs)."""
+    del config.generators["joint_gan"]  # `mini_gan` has both families
     config.data.phantom_train_examples = 12
     config.data.phantom_test_examples = 4
     g = config.generators.joint.overrides

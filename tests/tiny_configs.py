@@ -24,3 +24,14 @@ def generate_config(generator_workdir, num=6, batch=4):
     c.generate.update(generator_workdir=str(generator_workdir), num_samples=num, batch_size=batch)
     c.generate.sampler.steps = 3
     return c
+
+
+def tiny_gan_config(joint=True):
+    c = configlib.load_config("gan", "joint" if joint else "spade")
+    c.data.image_size = 16
+    c.data.batch_size = 8
+    c.data.phantom_train_examples = 16
+    c.model.update(gen_channels=8, num_up=2, disc_channels=8)
+    c.train.update(num_steps=4, checkpoint_every=2, log_every=2, eval_every=0)
+    c.eval.num_samples = 8
+    return c

@@ -89,3 +89,14 @@ def print_results(results: dict, peak: dict | None) -> None:
 
 def seeded_uint8(shape, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def add_common_args(ap, *, batch: int, size: int) -> None:
+    """The options every training benchmark takes: budget, iterations, batch, size, conv path, peak."""
+    ap.add_argument("--budget", type=float, default=25.0)
+    ap.add_argument("--max_iters", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--size", type=int, default=size)
+    ap.add_argument("--conv", default="auto", choices=["auto", "onednn", "taps", "xla"],
+                    help="the models' convolution path (config.model.conv; polypjax/models/conv.py)")
+    ap.add_argument("--no_peak", action="store_true")

@@ -21,7 +21,7 @@ from polypjax.diffusion import objectives, samplers
 from polypjax.diffusion import schedule as schedule_lib
 from polypjax.models.adm_unet import ADMUNet
 
-KINDS = ("joint", "two_stage")
+KINDS = ("joint", "two_stage", "gan")  # gan: diffusion/gan.py, the baseline
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 
@@ -146,6 +146,7 @@ class JointGenerator(Generator):
 
 class TwoStageGenerator(Generator):
     kind = "two_stage"
+    conditions_on_masks = True  # sample_images(params, rng, masks, spec, indices)
 
     def __init__(self, config):
         super().__init__(config)
@@ -199,12 +200,15 @@ class TwoStageGenerator(Generator):
         return images, jnp.where(masks > 0, 1.0, -1.0)
 
 
-def make_generator(config) -> Generator:
+def make_generator(config):
     kind = config.generator.kind
     if kind == "joint":
         return JointGenerator(config)
     if kind == "two_stage":
         return TwoStageGenerator(config)
+    if kind == "gan":
+        from polypjax.diffusion import gan  # imports this module
+        return gan.GanGenerator(config)
     raise ValueError(f"config.generator.kind={kind!r} is unknown; choose one of {KINDS}")
 
 

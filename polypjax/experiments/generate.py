@@ -255,9 +255,12 @@ class Mode:
                                       and not p.name.startswith(".")), key=lambda p: _natural_key(p.stem))
             if not self.mask_files:
                 raise ConfigError(f"config.generate.masks={g.masks!r}: no mask images there")
-            if generator.kind != "two_stage":
-                raise ConfigError("config.generate.mode='from_masks' needs a two_stage generator (its image model "
-                                  f"is conditioned on masks); {g.generator_workdir} is {generator.kind!r}")
+            if not getattr(generator, "conditions_on_masks", False):
+                raise ConfigError("config.generate.mode='from_masks' needs a mask-conditioned generator (two_stage, "
+                                  f"or gan with gan.joint=False); {g.generator_workdir} is {generator.kind!r}")
+        if g.mode == "sample" and generator.kind == "gan" and not generator.joint:
+            raise ConfigError(f"{g.generator_workdir} is a mask-conditioned GAN (gan.joint=False): it draws images "
+                              "for given masks; use config.generate.mode='from_masks'")
         if g.mode == "sdedit" and generator.kind != "joint":
             raise ConfigError("config.generate.mode='sdedit' needs a joint generator (it edits image and mask together)")
         if g.mode == "inpaint" and generator.kind != "joint":
@@ -313,6 +316,8 @@ class Mode:
             return int((np.diff(times) < 0).sum())
         if self.kind == "sdedit":
             return self._sdedit_skip() + 1
+        if self.generator.kind == "gan":
+            return 1  # one generator forward pass per pair
         steps = min(self.spec.steps, len(self.generator.sched))
         image_calls = steps * (2 if self.spec.guidance and self.generator.kind == "two_stage" else 1)
         # two_stage sample: the mask model's steps, then the (guided) image model's.

@@ -38,7 +38,7 @@ from polypjax.data import export
 
 REAL_REGIMES = ("real", "real_augment")
 # Generation modes the pipeline runs, and the generator kinds each needs (experiments/generate.py).
-MODE_KINDS = {"sample": ("joint", "two_stage"), "inpaint": ("joint",), "sdedit": ("joint",),
+MODE_KINDS = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "sdedit": ("joint",),
               "from_masks": ("two_stage",)}
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
 # Data fields every stage takes from the pipeline's own `config.data`.
@@ -76,9 +76,15 @@ def _stage_base(config, name: str, *args) -> ml_collections.ConfigDict:
     return c
 
 
+GENERATOR_CONFIGS = ("diffusion", "gan")  # configs/<name>.py of a generators.<g> entry
+
+
 def generator_config(config, name: str, train: str | None = None):
     g = config.generators[name]
-    c = merge(_stage_base(config, "diffusion", g.get("variant", "cpu")), g.get("overrides", {}),
+    # `config`: the generator's config file (diffusion, or gan for the GAN baseline).
+    base = g.get("config", "diffusion")
+    c = merge(_stage_base(config, base, g.get("variant", "cpu" if base == "diffusion" else "joint")),
+              g.get("overrides", {}),
               f"generators.{name}.overrides")
     if train is not None:
         c.data.train = train
@@ -286,6 +292,9 @@ def validate(config) -> None:
     s = config.segmentation
     if not config.generators:
         raise ConfigError("config.generators must name at least one generator (e.g. joint)")
+    for name, g in config.generators.items():
+        if g.get("config", "diffusion") not in GENERATOR_CONFIGS:
+            raise ConfigError(f"config.generators.{name}.config={g.config!r} is unknown; choose one of {GENERATOR_CONFIGS}")
     if not s.models:
         raise ConfigError("config.segmentation.models must name at least one segmenter")
     for regime in s.regimes:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from polypjax.configlib import ConfigError, check_number
 from polypjax.train import loop
+from polypjax.train import state as state_lib
 from polypjax.data import catalog, export, pipeline, visualize
 from polypjax.diffusion import generators
 
@@ -32,13 +35,25 @@ class DiffusionTask:
     def init(self, rng, batch):
         return self.generator.init(rng, batch)
 
+    def optimizer(self, num_steps: int):
+        return generator_optimizer(self.generator, self.config, num_steps)
+
     def loss(self, params, model_state, batch, rng):
         return self.generator.loss(params, model_state, batch, rng)
 
     def sample_pairs(self, params, rng, n: int, spec: generators.SamplerSpec):
         """-> uint8 images [n,S,S,3] and post-processed {0,1} masks [n,S,S] on the host."""
+        gen = self.generator
         if self._sample is None or self._sample[0] != (n, spec):
-            fn = jax.jit(lambda p, r: self.generator.sample(p, r, n, spec))
+            if getattr(gen, "conditions_on_masks", False) and not hasattr(gen, "sample_masks"):
+                # A family with no mask model (the mask-conditioned GAN) draws images for the
+                # first n real training masks.
+                masks = jnp.asarray(np.stack([pipeline.resize_pair(self.source[i % len(self.source)],
+                                                                   self.config.data.image_size)["mask"]
+                                              for i in range(n)]), jnp.float32)[..., None] * 2.0 - 1.0
+                fn = jax.jit(lambda p, r: (gen.sample_images(p, r, masks, spec), masks))
+            else:
+                fn = jax.jit(lambda p, r: gen.sample(p, r, n, spec))
             self._sample = ((n, spec), fn)
         images, masks = jax.device_get(self._sample[1](params, rng))
         return generators.postprocess_pairs(images, masks, self.config.postprocess)
@@ -46,7 +61,7 @@ class DiffusionTask:
     def evaluate(self, state, step: int, writer) -> dict:
         c = self.config
         params = state.ema_params
-        spec = generators.SamplerSpec.from_config(c.eval.sampler)
+        spec = generators.SamplerSpec.from_config(c.eval.sampler) if "sampler" in c.eval else generators.SamplerSpec()
         images, masks = self.sample_pairs(params, jax.random.PRNGKey(c.eval.seed), c.eval.num_samples, spec)
         if jax.process_index() == 0:
             grid = visualize.pair_grid([{"image": i, "mask": m} for i, m in zip(images, masks)],
@@ -55,6 +70,15 @@ class DiffusionTask:
         fractions = masks.reshape(len(masks), -1).mean(axis=1)
         return {"sample/mask_fraction_mean": float(fractions.mean()),
                 "sample/empty_mask_fraction": float((fractions == 0).mean())}
+
+
+def generator_optimizer(generator, config, num_steps: int):
+    """`config.optim`; a family of several networks (the GAN) names one optimizer block per
+    parameter tree (`optim_fields`)."""
+    fields = getattr(generator, "optim_fields", None)
+    if fields is None:
+        return state_lib.make_optimizer(config.optim, num_steps)
+    return state_lib.make_partitioned_optimizer({k: config[f] for k, f in fields.items()}, num_steps)
 
 
 def validate_sampler(s, field: str) -> None:
@@ -70,6 +94,9 @@ def validate_sampler(s, field: str) -> None:
 def validate(config) -> None:
     if config.generator.kind not in generators.KINDS:
         raise ConfigError(f"config.generator.kind={config.generator.kind!r} is unknown; choose one of {generators.KINDS}")
+    if config.generator.kind == "gan":
+        validate_gan(config)
+        return
     d = config.diffusion
     if d.schedule not in ("linear", "cosine"):
         raise ConfigError(f"config.diffusion.schedule must be linear or cosine, got {d.schedule!r}")
@@ -87,3 +114,24 @@ def validate(config) -> None:
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {m.dtype!r}")
     check_number(config, "eval.num_samples", 1, integer=True)
     loop.validate_train_config(config)
+
+
+def validate_gan(config) -> None:
+    g, m = config.gan, config.model
+    if not isinstance(g.joint, bool):
+        raise ConfigError(f"config.gan.joint must be true or false, got {g.joint!r}")
+    check_number(config, "gan.z_dim", 1, integer=True)
+    check_number(config, "gan.feature_matching", 0)
+    for name in ("gen_channels", "num_up", "disc_channels", "disc_layers", "disc_scales"):
+        check_number(config, f"model.{name}", 1, integer=True)
+    if config.data.image_size % 2 ** m.num_up:
+        raise ConfigError(f"config.data.image_size={config.data.image_size} must be a multiple of "
+                          f"2**model.num_up={2 ** m.num_up}")
+    check_number(config, "eval.num_samples", 1, integer=True)
+    loop.validate_train_config(config)
+    disc = config.copy_and_resolve_references()
+    disc.optim = config.optim_disc  # the discriminator's optimizer block, checked by the same rules
+    try:
+        loop.validate_train_config(disc)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("config.optim.", "config.optim_disc.")) from None

@@ -66,7 +66,8 @@ def make_train_step(loss_fn: Callable):
 def create_state(task: Task, config, mesh, example_batch: dict, num_steps: int) -> tuple[TrainState, Any]:
     """Initialises the train state directly into its shardings (params never whole on one device
     when fsdp > 1)."""
-    tx = make_optimizer(config.optim, num_steps)
+    # A task with several networks (a GAN) brings its own optimizer, one per parameter tree.
+    tx = task.optimizer(num_steps) if hasattr(task, "optimizer") else make_optimizer(config.optim, num_steps)
     rng = jax.random.PRNGKey(config.seed)
 
     def create():

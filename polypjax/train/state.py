@@ -63,3 +63,10 @@ def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation
         raise ValueError(f"optim.name={c.name!r}: expected adam, adamw or sgd")
     chain = [optax.clip_by_global_norm(c.grad_clip)] if c.grad_clip else []
     return optax.chain(*chain, opt)
+
+
+def make_partitioned_optimizer(optim_configs: dict, num_steps: int) -> optax.GradientTransformation:
+    """One optimizer (`make_optimizer`) per top-level key of the parameter tree, e.g. a GAN's
+    {'gen': ..., 'disc': ...}: each network has its own learning rate, clipping and moments."""
+    txs = {k: make_optimizer(c, num_steps) for k, c in optim_configs.items()}
+    return optax.multi_transform(txs, lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
