@@ -41,6 +41,7 @@ def main():
     params, model_state = gen.init(jax.random.PRNGKey(0), batch)
     tx = diffusion.generator_optimizer(gen, c, c.train.num_steps)
     state = TrainState.create(params, tx, jax.random.PRNGKey(1), model_state, ema_decay=c.train.ema_decay)
+    state = state.replace(ema_params=jax.tree.map(jax.numpy.copy, state.ema_params))  # own buffers: donated
     print(f"GAN ({args.variant}) params: " + ", ".join(
         f"{k} {sum(x.size for x in jax.tree.leaves(v)):,}" for k, v in params.items()))
     step = jax.jit(loop.make_train_step(gen.loss), donate_argnums=(0,))
