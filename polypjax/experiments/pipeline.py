@@ -38,8 +38,9 @@ from polypjax.data import export
 
 REAL_REGIMES = ("real", "real_augment")
 # Generation modes the pipeline runs, and the generator kinds each needs (experiments/generate.py).
+# "gan_spade" is the mask-conditioned GAN (gan.joint false): it draws images for given masks only.
 MODE_KINDS = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "sdedit": ("joint",),
-              "from_masks": ("two_stage",)}
+              "from_masks": ("two_stage", "gan_spade")}
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
 # Data fields every stage takes from the pipeline's own `config.data`.
 SHARED_DATA = ("train", "test", "image_size", "phantom_train_examples", "phantom_test_examples",
@@ -91,12 +92,17 @@ def generator_config(config, name: str, train: str | None = None):
     return c
 
 
+def _family(generator_config) -> str:
+    kind = generator_config.generator.kind
+    return "gan_spade" if kind == "gan" and not generator_config.gan.joint else kind
+
+
 def synthetic_sets(config) -> list[tuple[str, str, str]]:
     """(set name, generator, mode) for every generator and every mode of `generate.modes` its kind
     supports, in config order; `sample` keeps the generator's own name."""
     out = []
     for g in config.generators:
-        kind = generator_config(config, g).generator.kind
+        kind = _family(generator_config(config, g))
         out += [(g if mode == "sample" else f"{g}-{mode}", g, mode)
                 for mode in config.generate.modes if kind in MODE_KINDS[mode]]
     return out
@@ -314,7 +320,7 @@ def validate(config) -> None:
     for mode in modes:
         if mode not in MODE_KINDS:
             raise ConfigError(f"config.generate.modes: {mode!r} is unknown; choose from {tuple(MODE_KINDS)}")
-    kinds = {g: generator_config(config, g).generator.kind for g in config.generators}
+    kinds = {g: _family(generator_config(config, g)) for g in config.generators}
     for mode in modes:
         if not any(k in MODE_KINDS[mode] for k in kinds.values()):
             raise ConfigError(f"config.generate.modes: {mode!r} needs a {' or '.join(MODE_KINDS[mode])} generator; "
