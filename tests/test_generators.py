@@ -140,8 +140,11 @@ def test_diffusion_config_errors():
     with pytest.raises(configlib.ConfigError, match="multiple of 2"):
         tasks.resolve(c)
     c = tiny_config()
-    c.generator.kind = "gan"
-    with pytest.raises(configlib.ConfigError, match="generator.kind='gan' is unknown"):
+    c.generator.kind = "vae"
+    with pytest.raises(configlib.ConfigError, match="generator.kind='vae' is unknown"):
+        tasks.resolve(c)
+    c.generator.kind = "gan"  # a diffusion config has no gan block
+    with pytest.raises(configlib.ConfigError, match="needs the config.gan block of configs/gan.py"):
         tasks.resolve(c)
     c = tiny_config()
     c.eval.sampler.kind = "euler"

@@ -117,6 +117,9 @@ def validate(config) -> None:
 
 
 def validate_gan(config) -> None:
+    if "gan" not in config:
+        raise ConfigError("config.generator.kind='gan' needs the config.gan block of configs/gan.py; "
+                          "start from --config=configs/gan.py")
     g, m = config.gan, config.model
     if not isinstance(g.joint, bool):
         raise ConfigError(f"config.gan.joint must be true or false, got {g.joint!r}")
