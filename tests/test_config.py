@@ -59,7 +59,7 @@ def test_pipeline_modes_are_checked():
         tasks.resolve(c)
     c.generate.modes = ("from_masks",)
     del c.generate.mode_overrides["inpaint"]
-    with pytest.raises(configlib.ConfigError, match=r"'from_masks' needs a two_stage generator"):
+    with pytest.raises(configlib.ConfigError, match=r"'from_masks' needs a two_stage or gan_spade generator"):
         tasks.resolve(c)
     c.generate.modes = ("sample",)
     c.generate.mode_overrides = {"sdedit": {}}
