@@ -50,10 +50,13 @@ for ((i = 0; i < N; i++)); do
   pids+=("$!")
 done
 tail -n +1 -f "$LOG_DIR/process_0.log" --pid "${pids[0]}" &
+# Whichever process fails first stops the job (its peers would wait for it in their next collective).
 status=0
-for ((i = 0; i < N; i++)); do
-  if ! wait "${pids[$i]}"; then
-    status=1; echo "error: process $i failed; see $LOG_DIR/process_$i.log" >&2; cleanup
+for ((left = N; left > 0; left--)); do
+  if ! wait -n -p finished "${pids[@]}"; then
+    for ((i = 0; i < N; i++)); do [[ "${pids[$i]}" == "$finished" ]] && break; done
+    status=1; echo "error: process $i failed; see $LOG_DIR/process_$i.log" >&2; cleanup; break
   fi
 done
+wait 2>/dev/null || true
 exit "$status"

@@ -68,14 +68,38 @@ def main(argv) -> None:
     try:
         run(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError, NonFiniteLossError) as e:
-        logging.shutdown()
-        sys.exit(f"error: {e}")
+        _fail(f"error: {e}")
     except Exception as e:
         if not disk_full(e):
-            raise
-        logging.shutdown()
-        sys.exit(f"error: no space left on the disk of {_WORKDIR.value} ({type(e).__name__}); free some and "
-                 "rerun the same command: it resumes from the last complete checkpoint, which is kept")
+            if not _multi_process():
+                raise
+            import traceback
+            traceback.print_exc()
+            _fail(f"error: process {_process_index()} failed ({type(e).__name__}: {str(e)[:300]})")
+        _fail(f"error: no space left on the disk of {_WORKDIR.value} ({type(e).__name__}); free some and "
+              "rerun the same command: it resumes from the last complete checkpoint, which is kept")
+
+
+def _multi_process() -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.process_count() > 1
+
+
+def _process_index() -> int:
+    return sys.modules["jax"].process_index()
+
+
+def _fail(message: str) -> None:
+    """Exits with `message`. In a multi-process job a failed process must not wait at jax's exit
+    barrier for peers that wait for it in their next collective (minutes, until a timeout): it leaves
+    at once, so the launcher sees the failure and stops the job."""
+    logging.shutdown()
+    if not _multi_process():
+        sys.exit(message)
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    import os
+    os._exit(1)
 
 
 def disk_full(error: BaseException) -> bool:

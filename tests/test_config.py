@@ -62,9 +62,25 @@ def test_pipeline_modes_are_checked():
     with pytest.raises(configlib.ConfigError, match=r"'from_masks' needs a two_stage or gan_spade generator"):
         tasks.resolve(c)
     c.generate.modes = ("sample",)
-    c.generate.mode_overrides = {"sdedit": {}}
-    with pytest.raises(configlib.ConfigError, match=r"mode_overrides.sdedit: 'sdedit' is not in"):
+    c.generate.mode_overrides = {"sdedit": {}}  # a known mode's settings, used once it is listed
+    tasks.resolve(c)
+    c.generate.mode_overrides = {"repaint": {}}
+    with pytest.raises(configlib.ConfigError, match=r"mode_overrides.repaint: 'repaint' is not a generation mode"):
         tasks.resolve(c)
+
+
+def test_quickstart_takes_inpaint_with_its_fast_schedule():
+    """The quickstart lists only `sample` (10 minutes); naming inpaint on the command line uses the
+    RePaint-on-DDIM settings it keeps, not the paper's 960-call schedule."""
+    from polypjax.experiments import pipeline
+    c = _load("quickstart")
+    assert tasks.resolve(c).task == "pipeline" and c.data.train == "phantom-a"
+    assert tuple(c.generate.modes) == ("sample",)
+    c.generate.modes = ("sample", "inpaint")
+    tasks.resolve(c)
+    assert [s[0] for s in pipeline.synthetic_sets(c)] == ["joint", "joint-inpaint"]
+    g = pipeline.generate_config(c, pathlib.Path("/tmp/g"), 10, "inpaint")
+    assert (g.generate.inpaint.sampler, g.generate.inpaint.steps) == ("repaint_ddim", 25)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -122,11 +138,6 @@ def test_cli_runs_and_records_resolved_config(tmp_path):
     assert (wd / "data" / "phantom-a-train" / "manifest.jsonl").exists()
     assert (wd / "samples_phantom-b-test.png").exists()
     assert "| phantom-b@test | test |" in (wd / "data_report.md").read_text()
-
-
-def test_quickstart_config_resolves():
-    c = tasks.resolve(_load("quickstart"))
-    assert c.task == "pipeline" and c.data.train == "phantom-a" and tuple(c.generate.modes) == ("sample", "inpaint")
 
 
 @pytest.mark.parametrize("field,value,message", [

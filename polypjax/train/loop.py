@@ -219,8 +219,9 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
                 writer.write_scalars(step, task.evaluate(state, step, writer))
         if pending is not None:
             check(*pending)
-        mngr.wait_until_finished()
         _close(data_iter)  # data workers stop before the final evaluation needs the CPU
+        # The last checkpoint is written in orbax's background threads while the model is evaluated
+        # (seconds of a short run); the `finally` waits for it.
         writer.write_scalars(num_steps, task.evaluate(state, num_steps, writer))
     finally:
         _close(data_iter)
