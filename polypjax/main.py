@@ -36,9 +36,11 @@ def run(config, workdir: str) -> object:
     from polypjax import workdir as workdir_lib
     compile_cache.enable()
     make_grain_flags_readable()
+    # Joined before validation: checking some configs (the pipeline's stages) touches the devices,
+    # and jax.distributed must come first.
+    d = config.distributed
+    parallel.initialize_distributed(d.coordinator_address or None, d.num_processes, d.process_id)
     resolved = tasks.resolve(config)
-    parallel.initialize_distributed(resolved.distributed.coordinator_address or None,
-                                    resolved.distributed.num_processes, resolved.distributed.process_id)
     tasks.check_data(resolved)  # every data source the task reads, before anything is written
     with workdir_lib.claim(pathlib.Path(workdir), resolved) as wd:  # lock, ownership, resume check, config.json
         return tasks.module(resolved.task).run(resolved, wd)

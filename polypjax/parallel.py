@@ -20,8 +20,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """Joins a multi-host job; a no-op on a single host.
 
     On Cloud TPU VMs and SLURM, `jax.distributed.initialize()` finds its peers from the
-    environment; elsewhere the launcher passes the coordinator explicitly.
+    environment; elsewhere the launcher passes the coordinator explicitly. A process that already
+    joined (the pipeline runs every stage's task in its own process) stays in its job.
     """
+    if jax.distributed.is_initialized():
+        return
     if coordinator_address is not None:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
         return

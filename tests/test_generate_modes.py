@@ -139,3 +139,37 @@ def test_process_shares_of_a_batch_are_disjoint_and_cover_it():
         shares = [generate._local_rows(_ProcessView(sharding, p), batch) for p in (0, 1)]
         assert not set(shares[0]) & set(shares[1])
         assert sorted(np.concatenate(shares)) == list(range(batch))
+
+
+def test_filter_rejects_pairs_the_segmenter_disagrees_with(trained_generator, tmp_path, monkeypatch):
+    """min_dice: a pair is rejected when the real-trained segmenter's prediction on its image has
+    Dice below the threshold against its own mask (a stand-in segmenter here: bright = polyp)."""
+    from polypjax.experiments import segmenter_inference
+
+    def predict(images):
+        return np.where(np.asarray(images)[..., :1] > 127, 10.0, -10.0).astype(np.float32)
+    predict.image_size = 16
+    monkeypatch.setattr(segmenter_inference, "load_segmenter", lambda workdir, **kw: predict)
+
+    plain = tmp_path / "plain"
+    main.run(generate_config(trained_generator, num=16, batch=8), str(plain))
+    pairs = FolderSource(plain)
+    dice = {}
+    for i in range(len(pairs)):
+        pair = pairs[i]
+        p, m = predict(pair["image"][None])[0, ..., 0] > 0, pair["mask"] > 0
+        denom = p.sum() + m.sum()
+        dice[int(pair["id"].split("_")[1])] = 1.0 if denom == 0 else 2.0 * (p & m).sum() / denom
+    threshold = float(np.median(list(dice.values())))
+    passing = [i for i in range(16) if dice[i] >= threshold and _records(plain)[i]["mask_fraction"] > 0]
+    assert 3 <= len(passing) < 16, dice
+
+    c = generate_config(trained_generator, num=3, batch=8)
+    c.generate.filter.update(enabled=True, min_dice=threshold, segmenter_workdir=str(tmp_path / "seg"))
+    out = tmp_path / "filtered"
+    main.run(c, str(out))
+    assert sorted(_records(out)) == passing[:3]
+    rejected = {r["index"]: r for r in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
+    for i in range(passing[2]):
+        if i not in passing and dice[i] < threshold:
+            assert f"label consistency dice {dice[i]:.3f} < {threshold}" in rejected[i]["reasons"], i

@@ -235,7 +235,7 @@ def run(config, workdir: pathlib.Path) -> dict:
     if predict is not None:
         seg_baselines, seg = gm.segmenter_feature_report(
             real_source, [(n, s) for n, _, s in generated], predict, batch_size=e.batch_size,
-            kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size, seed=config.seed)
+            kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size, seed=config.seed, mesh=mesh)
         for r, f in zip(results, seg):
             r["segmenter_features"] = f
 

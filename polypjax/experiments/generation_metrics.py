@@ -125,16 +125,21 @@ def _next_pairs(masks, valid):
     return jnp.roll(masks, 1, 0), valid & jnp.roll(valid, 1, 0)
 
 
-def segmenter_scan(source, predict, image_size: int, batch_size: int, name: str = ""):
+def segmenter_scan(source, predict, image_size: int, batch_size: int, name: str = "", mesh=None):
     """One pass at the segmenter's size: its pooled encoder features [N, C] and the per-channel
-    colour mean/std of the images (0-255 levels)."""
+    colour mean/std of the images (0-255 levels). With a mesh, batches are global arrays sharded
+    over it and every process gets every row (in several processes each reads its own columns)."""
     feats, total, total_sq, pixels = [], np.zeros(3), np.zeros(3), 0
     ds = pipeline.eval_dataset(source, image_size=image_size, global_batch_size=batch_size)
     for local in _progress(ds, total=pipeline.num_eval_batches(source, batch_size), desc=f"{name} features",
                            unit="batch"):
-        valid = np.asarray(local["valid"]).astype(bool)
-        feats.append(np.asarray(predict.features(local["image"]))[valid])
-        x = np.asarray(local["image"], np.float64)[valid].reshape(-1, 3)
+        batch = {k: local[k] for k in ("image", "valid")}
+        if mesh is not None:
+            batch = parallel.global_batch(batch, mesh)
+        features = predict.features(batch["image"])  # async: overlaps the transfers below
+        valid = parallel.to_host(batch["valid"]).astype(bool)
+        x = parallel.to_host(batch["image"]).astype(np.float64)[valid].reshape(-1, 3)
+        feats.append(parallel.to_host(features)[valid])
         total, total_sq, pixels = total + x.sum(0), total_sq + (x * x).sum(0), pixels + len(x)
     mean = total / pixels
     colour = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(total_sq / pixels - mean**2, 0)).tolist()}
@@ -161,7 +166,7 @@ def matched_noise_source(colour: dict, n: int, size: int, seed: int) -> list:
 
 
 def segmenter_feature_report(real_source, generated: list, predict, *, batch_size: int, kid_subsets: int,
-                             kid_subset_size: int, seed: int) -> tuple[dict, list[dict]]:
+                             kid_subset_size: int, seed: int, mesh=None) -> tuple[dict, list[dict]]:
     """Segmenter-feature FD/KID and colour statistics with their two baselines.
 
     The real set is split in two seeded halves: half B is the reference every set is compared
@@ -171,15 +176,15 @@ def segmenter_feature_report(real_source, generated: list, predict, *, batch_siz
     Returns (baselines with the real colour statistics, one {fd, kid, colour} per generated set).
     """
     size = int(predict.image_size)
-    real_feats, real_colour = segmenter_scan(real_source, predict, size, batch_size, name="real")
+    scan = functools.partial(segmenter_scan, predict=predict, image_size=size, batch_size=batch_size, mesh=mesh)
+    real_feats, real_colour = scan(real_source, name="real")
     if len(real_feats) < 4:
         raise sources.DataError(f"the real set has {len(real_feats)} pairs; segmenter features need at least 4")
     order = np.random.default_rng(seed).permutation(len(real_feats))
     half_a, half_b = real_feats[order[: len(order) // 2]], real_feats[order[len(order) // 2:]]
     dist = functools.partial(feature_distances, half_b, kid_subsets=kid_subsets,
                              kid_subset_size=kid_subset_size, seed=seed)
-    noise_feats, _ = segmenter_scan(matched_noise_source(real_colour, len(half_a), size, seed), predict, size,
-                                    batch_size, name="colour-matched noise")
+    noise_feats, _ = scan(matched_noise_source(real_colour, len(half_a), size, seed), name="colour-matched noise")
     baselines = {
         "features": f"average-pooled deepest encoder features ({real_feats.shape[1]}-d) of the real-trained "
                     f"segmenter at {size} px; reference: a seeded half of the real set ({len(half_b)} images)",
@@ -189,7 +194,7 @@ def segmenter_feature_report(real_source, generated: list, predict, *, batch_siz
     }
     results = []
     for name, source in generated:
-        feats, colour = segmenter_scan(source, predict, size, batch_size, name=name)
+        feats, colour = scan(source, name=name)
         colour["mean_abs_error"] = np.abs(np.subtract(colour["mean"], real_colour["mean"])).tolist()
         results.append({**dist(feats), "colour": colour})
     return baselines, results

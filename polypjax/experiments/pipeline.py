@@ -42,6 +42,7 @@ REAL_REGIMES = ("real", "real_augment")
 MODE_KINDS = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "sdedit": ("joint",),
               "from_masks": ("two_stage", "gan_spade")}
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
+_ONE_PROCESS = {"coordinator_address": "", "num_processes": 1, "process_id": 0}
 # Data fields every stage takes from the pipeline's own `config.data`.
 SHARED_DATA = ("train", "test", "image_size", "phantom_train_examples", "phantom_test_examples",
                "test_fraction", "split_seed")
@@ -72,6 +73,7 @@ def _stage_base(config, name: str, *args) -> ml_collections.ConfigDict:
     c = configlib.load_config(name, *args)
     c.seed = config.seed
     c.mesh = copy.deepcopy(config.mesh)
+    c.distributed = copy.deepcopy(config.distributed)  # the stage's workdir checks the process count
     for field in SHARED_DATA:
         c.data[field] = config.data[field]
     return c
@@ -166,29 +168,42 @@ class Stages:
         resolved = tasks.resolve(config)
         key = {"config": resolved.to_dict(),
                "upstream": {u: self.records[u]["fingerprint"] for u in upstream}}
-        fingerprint = _fingerprint(dict(key, config=configlib.what_it_computes(key["config"])))
+        computes = configlib.what_it_computes(key["config"])
+        # Where the processes meet and how many there are is not what a stage computes (and the id
+        # differs per process): the one-process values, so that every process, and a run resumed
+        # with another process count, agrees. An interrupted training stage resumed with another
+        # count is refused by its workdir (the data state is saved per process).
+        computes["distributed"] = _ONE_PROCESS
+        fingerprint = _fingerprint(dict(key, config=computes))
         path = out / "stage.json"
-        old = json.loads(path.read_text()) if path.exists() else None
+        # Every process decides from the record as it was before this stage (process 0 rewrites it).
+        old = _on_every_process(lambda: json.loads(path.read_text()) if path.exists() else None, f"read {rel}")
         if old is not None and old.get("fingerprint") == fingerprint and old.get("status") == "done":
             logging.info("stage %s: done, skipped", rel)
             self.records[rel] = old
             return out
         if old is not None and old.get("fingerprint") != fingerprint:
             logging.info("stage %s: its config changed, rerunning it from scratch", rel)
-            shutil.rmtree(out)
         elif old is not None:
             logging.info("stage %s: resuming an interrupted run", rel)
-        print(f"[pipeline] stage {rel}: {what or resolved.task}", flush=True)
-        out.mkdir(parents=True, exist_ok=True)
+        if _is_main():
+            print(f"[pipeline] stage {rel}: {what or resolved.task}", flush=True)
         record = {"stage": rel, "task": resolved.task, "fingerprint": fingerprint, "status": "running",
                   "runs": (old or {}).get("runs", 0) + 1 if old and old.get("fingerprint") == fingerprint else 1,
                   **key}
-        export.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+
+        def start():
+            if old is not None and old.get("fingerprint") != fingerprint:
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            export.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+        _on_main(start, f"start {rel}")
         wall, cpu = time.monotonic(), time.process_time()
         main.run(resolved, str(out))
         record.update(status="done", compute=self._compute(out, resolved, time.monotonic() - wall,
                                                            time.process_time() - cpu))
-        export.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+        _on_main(lambda: export.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n"),
+                 f"finish {rel}")
         self.records[rel] = record
         return out
 
@@ -206,6 +221,33 @@ class Stages:
             c["flops_per_step"] = flops
             c["train_flops"] = flops * c["steps"] if flops and c["steps"] else None
         return c
+
+
+def _is_main() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"pipeline: {name}")
+
+
+def _on_main(fn, name: str):
+    """`fn` on process 0 only (the pipeline's own files have one writer); every process continues
+    once it is done, so the others read what it wrote."""
+    result = fn() if _is_main() else None
+    _sync(name)
+    return result
+
+
+def _on_every_process(fn, name: str):
+    """`fn` on every process, all reading before any process goes on to change what they read."""
+    result = fn()
+    _sync(name)
+    return result
 
 
 def _main_module():
@@ -231,15 +273,18 @@ def _subset_folder(workdir: pathlib.Path, config, n: int) -> pathlib.Path:
     out = workdir / "data" / "subsets" / f"N{n}"
     done = out / "subset.json"
     key = {"train": config.data.train, "n": n, "seed": config.seed, "image_size": config.data.image_size}
-    if done.exists() and json.loads(done.read_text()) == key:
-        return out
-    if out.exists():
-        shutil.rmtree(out)
     real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
     if n > len(real):
         raise ConfigError(f"config.segmentation.low_data.sizes: {n} > the {len(real)} real training pairs")
-    export.write_source(sources.random_subset(real, n, seed=config.seed), out, desc=f"real subset N={n}")
-    export.atomic_write_text(done, json.dumps(key) + "\n")
+
+    def write():
+        if done.exists() and json.loads(done.read_text()) == key:
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        export.write_source(sources.random_subset(real, n, seed=config.seed), out, desc=f"real subset N={n}")
+        export.atomic_write_text(done, json.dumps(key) + "\n")
+    _on_main(write, f"subset N{n}")
     return out
 
 
@@ -252,12 +297,16 @@ def _real_folder(workdir: pathlib.Path, config) -> pathlib.Path:
     out = workdir / "data" / "real"
     done = out / "source.json"
     key = {"train": config.data.train, "seed": config.seed, "image_size": config.data.image_size}
-    if not (done.exists() and json.loads(done.read_text()) == key):
+
+    def write():
+        if done.exists() and json.loads(done.read_text()) == key:
+            return
         if out.exists():
             shutil.rmtree(out)
         real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
         export.write_source(real, out, desc="real training pairs as a folder")
         export.atomic_write_text(done, json.dumps(key) + "\n")
+    _on_main(write, "real folder")
     return out
 
 
@@ -267,7 +316,7 @@ def _masks_folder(folder: pathlib.Path) -> pathlib.Path:
     return sources.detect_layout(folder)[2]
 
 
-def make_review_page(workdir: pathlib.Path, config, generated: dict) -> dict:
+def make_review_page(workdir: pathlib.Path, config, generated: dict, real: pathlib.Path) -> dict:
     """review/: the blinded real-vs-synthetic page of the first generator's pairs (polypjax.review);
     its key stays beside it, outside the page. Rebuilt only when its settings changed."""
     from polypjax.review.page import make_review
@@ -279,7 +328,7 @@ def make_review_page(workdir: pathlib.Path, config, generated: dict) -> dict:
     record = out / "review_settings.json"
     if not (record.exists() and json.loads(record.read_text()) == settings):
         print("[pipeline] stage review: blinded real-vs-synthetic page", flush=True)
-        page = make_review(_real_folder(workdir, config), generated[g], out, n=int(r.n), seed=int(r.seed),
+        page = make_review(real, generated[g], out, n=int(r.n), seed=int(r.seed),
                            show_masks=bool(r.show_masks), force=True)
         export.atomic_write_text(record, json.dumps(settings) + "\n")
         page_id = page.page_id
@@ -417,10 +466,16 @@ def run(config, workdir: pathlib.Path) -> dict:
                             segment(model, regime, n, seed, generator=label, protocol=protocol, train=str(subset),
                                     synthetic=source, upstream=(f"generated/{label}",), fraction=r / (1.0 + r))
 
-    review = make_review_page(workdir, config, generated) if config.get("review", {}).get("enabled") else None
+    review = None
+    if config.get("review", {}).get("enabled"):
+        real = _real_folder(workdir, config)  # on every process: it waits for process 0 to write it
+        review = _on_main(lambda: make_review_page(workdir, config, generated, real), "review page")
 
-    # 6. the report (always rebuilt: it is cheap and reads only finished stages).
-    print("[pipeline] stage report", flush=True)
+    # 6. the report (always rebuilt: it is cheap and reads only finished stages), by process 0.
     summary = {"config": config.to_dict(), "num_real_train": n_real, "runs": runs,
                "stages": stages.records, "generators": list(generated), "review": review}
-    return report.write(workdir, summary)
+
+    def write_report():
+        print("[pipeline] stage report", flush=True)
+        return report.write(workdir, summary)
+    return _on_main(write_report, "report") or summary
