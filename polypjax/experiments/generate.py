@@ -36,6 +36,19 @@ from polypjax.diffusion import schedule as schedule_lib
 from polypjax.train import diffusion, loop
 
 MODES = ("sample", "inpaint", "sdedit", "from_masks")
+# The generator families each mode can run (the generate task and the pipeline check this one table).
+# "gan_spade" is the mask-conditioned GAN (gan.joint false): it draws images for given masks only.
+MODE_FAMILIES = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "sdedit": ("joint",),
+                 "from_masks": ("two_stage", "gan_spade")}
+_MODE_NEEDS = {"sample": "a mask-conditioned GAN draws images for given masks: use mode 'from_masks'",
+               "inpaint": "the paper's RePaint paints image and mask together",
+               "sdedit": "it edits image and mask together",
+               "from_masks": "one that draws images for given masks"}
+
+
+def family(kind: str, joint: bool = True) -> str:
+    """A generator's family for MODE_FAMILIES: its kind, or gan_spade for a GAN that is not joint."""
+    return "gan_spade" if kind == "gan" and not joint else kind
 INPAINT_SAMPLERS = ("repaint", "repaint_ddim")
 REGIONS = ("dilated_mask", "ellipse")
 # Fields that may change between runs on one folder: they do not change any pair.
@@ -248,6 +261,10 @@ class Mode:
                 raise ConfigError(f"config.generate.source={g.source!r} holds no pairs")
             self._fractions = None
         self.mask_files = []
+        fam = family(generator.kind, getattr(generator, "joint", True))
+        if fam not in MODE_FAMILIES[g.mode]:
+            raise ConfigError(f"config.generate.mode={g.mode!r} needs a {' or '.join(MODE_FAMILIES[g.mode])} "
+                              f"generator ({_MODE_NEEDS[g.mode]}); {g.generator_workdir} is {fam!r}")
         if g.mode == "from_masks":
             from polypjax.data.sources import IMAGE_EXTENSIONS, _natural_key
             root = pathlib.Path(g.masks).expanduser()
@@ -255,17 +272,6 @@ class Mode:
                                       and not p.name.startswith(".")), key=lambda p: _natural_key(p.stem))
             if not self.mask_files:
                 raise ConfigError(f"config.generate.masks={g.masks!r}: no mask images there")
-            if not getattr(generator, "conditions_on_masks", False):
-                raise ConfigError("config.generate.mode='from_masks' needs a mask-conditioned generator (two_stage, "
-                                  f"or gan with gan.joint=False); {g.generator_workdir} is {generator.kind!r}")
-        if g.mode == "sample" and generator.kind == "gan" and not generator.joint:
-            raise ConfigError(f"{g.generator_workdir} is a mask-conditioned GAN (gan.joint=False): it draws images "
-                              "for given masks; use config.generate.mode='from_masks'")
-        if g.mode == "sdedit" and generator.kind != "joint":
-            raise ConfigError("config.generate.mode='sdedit' needs a joint generator (it edits image and mask together)")
-        if g.mode == "inpaint" and generator.kind != "joint":
-            raise ConfigError("config.generate.mode='inpaint' needs a joint generator (the paper's RePaint paints "
-                              f"image and mask together); {g.generator_workdir} is {generator.kind!r}")
 
     def count(self, num_samples: int) -> int:
         return len(self.mask_files) * int(self.g.images_per_mask) if self.kind == "from_masks" else num_samples

@@ -37,10 +37,6 @@ from polypjax.configlib import ConfigError
 from polypjax.data import export
 
 REAL_REGIMES = ("real", "real_augment")
-# Generation modes the pipeline runs, and the generator kinds each needs (experiments/generate.py).
-# "gan_spade" is the mask-conditioned GAN (gan.joint false): it draws images for given masks only.
-MODE_KINDS = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "sdedit": ("joint",),
-              "from_masks": ("two_stage", "gan_spade")}
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
 _ONE_PROCESS = {"coordinator_address": "", "num_processes": 1, "process_id": 0}
 # Data fields every stage takes from the pipeline's own `config.data`.
@@ -94,9 +90,17 @@ def generator_config(config, name: str, train: str | None = None):
     return c
 
 
+def _mode_families() -> dict:
+    """generate.MODE_FAMILIES, imported when needed: the generate task pulls in jax (seconds), and
+    checking a pipeline config should not."""
+    from polypjax.experiments.generate import MODE_FAMILIES
+    return MODE_FAMILIES
+
+
 def _family(generator_config) -> str:
+    from polypjax.experiments.generate import family
     kind = generator_config.generator.kind
-    return "gan_spade" if kind == "gan" and not generator_config.gan.joint else kind
+    return family(kind, kind != "gan" or bool(generator_config.gan.joint))
 
 
 def synthetic_sets(config) -> list[tuple[str, str, str]]:
@@ -106,21 +110,22 @@ def synthetic_sets(config) -> list[tuple[str, str, str]]:
     for g in config.generators:
         kind = _family(generator_config(config, g))
         out += [(g if mode == "sample" else f"{g}-{mode}", g, mode)
-                for mode in config.generate.modes if kind in MODE_KINDS[mode]]
+                for mode in config.generate.modes if kind in _mode_families()[mode]]
     return out
 
 
 def generate_config(config, generator_dir: pathlib.Path, num_samples: int, mode: str,
-                    real_masks: pathlib.Path | None = None):
+                    real_masks: pathlib.Path | None = None, real: str | None = None):
     """The generate stage of one mode: `generate.overrides`, then `generate.mode_overrides[mode]`;
-    `inpaint` and `sdedit` read the real training frames, `from_masks` the real training masks."""
+    `inpaint` and `sdedit` read the real training frames (`real`, default `data.train`),
+    `from_masks` the real training masks."""
     c = merge(_stage_base(config, "generate"), config.generate.overrides, "generate.overrides")
     merge(c, config.generate.get("mode_overrides", {}).get(mode, {}), f"generate.mode_overrides.{mode}")
     c.generate.generator_workdir = str(generator_dir)
     c.generate.num_samples = int(num_samples)
     c.generate.mode = mode
     if mode in ("inpaint", "sdedit"):
-        c.generate.source = config.data.train
+        c.generate.source = real or config.data.train
     if mode == "from_masks":
         c.generate.masks = str(real_masks)
     return c
@@ -365,20 +370,20 @@ def validate(config) -> None:
         raise ConfigError(f"config.generate.multiple must be positive, got {config.generate.multiple}")
     modes = tuple(config.generate.modes)
     if not modes:
-        raise ConfigError("config.generate.modes must list at least one of " + ", ".join(MODE_KINDS))
+        raise ConfigError("config.generate.modes must list at least one of " + ", ".join(_mode_families()))
     for mode in modes:
-        if mode not in MODE_KINDS:
-            raise ConfigError(f"config.generate.modes: {mode!r} is unknown; choose from {tuple(MODE_KINDS)}")
+        if mode not in _mode_families():
+            raise ConfigError(f"config.generate.modes: {mode!r} is unknown; choose from {tuple(_mode_families())}")
     kinds = {g: _family(generator_config(config, g)) for g in config.generators}
     for mode in modes:
-        if not any(k in MODE_KINDS[mode] for k in kinds.values()):
-            raise ConfigError(f"config.generate.modes: {mode!r} needs a {' or '.join(MODE_KINDS[mode])} generator; "
+        if not any(k in _mode_families()[mode] for k in kinds.values()):
+            raise ConfigError(f"config.generate.modes: {mode!r} needs a {' or '.join(_mode_families()[mode])} generator; "
                               f"the generators are {kinds}")
     for mode in config.generate.get("mode_overrides", {}):
         # Settings of a known mode that is not listed wait for --config.generate.modes to name it.
-        if mode not in MODE_KINDS:
+        if mode not in _mode_families():
             raise ConfigError(f"config.generate.mode_overrides.{mode}: {mode!r} is not a generation mode; "
-                              f"choose from {tuple(MODE_KINDS)}")
+                              f"choose from {tuple(_mode_families())}")
 
 
 def run(config, workdir: pathlib.Path) -> dict:
@@ -448,9 +453,8 @@ def run(config, workdir: pathlib.Path) -> dict:
                 for name, gen, mode in sets:
                     if gen != g:
                         continue
-                    c = generate_config(config, gdir, max(2, int(round(r * n))), mode, subset_masks)
-                    if mode in ("inpaint", "sdedit"):
-                        c.generate.source = str(subset)  # only the N pairs this protocol may see
+                    # Only the N pairs this protocol may see, also as the frames to paint into.
+                    c = generate_config(config, gdir, max(2, int(round(r * n))), mode, subset_masks, real=str(subset))
                     same[name] = stages.run(f"generated/{name}-N{n}", c, upstream=(f"generators/{g}-N{n}",),
                                             what=f"generate with {g}-N{n} ({mode})")
         for model in models:
