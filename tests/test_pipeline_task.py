@@ -107,8 +107,13 @@ def test_report_tables_match_the_stage_results(finished):
     for r in rows:
         if r["regime"] == "mixed" and r["N"] == "12":
             assert f"{float(r['mDice']) - real[r['test_set']]:+.3f}" in md  # the gain column
+    low_real = {r["test_set"]: float(r["mDice"]) for r in rows if r["regime"] == "real" and r["N"] == "6"}
+    for r in rows:
+        if r["regime"] == "mixed" and r["N"] == "6":  # the low-data table's gain column
+            assert f"| {float(r['mDice']) - low_real[r['test_set']]:+.3f} |" in md
     gen = json.loads((workdir / "evaluation/joint/generation_metrics.json").read_text())["generated"][0]
     assert f"{gen['label_consistency']['mDice']:.3f} ({gen['label_consistency']['chance_mDice']:.3f})" in md
+    assert f"| {gen['segmenter_features']['fd']:.3f} (" in md  # segFD beside its two bounds
     assert "## Low-data sweep" in md and "## Compute per stage" in md
 
     html = (report / "report.html").read_text()

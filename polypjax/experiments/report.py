@@ -73,17 +73,24 @@ def segmentation_table(agg: list[dict], n_all: int) -> tuple[list[str], list[lis
 
 
 def low_data_table(agg: list[dict]) -> tuple[list[str], list[list]]:
-    header = ["model", "N real", "regime", "protocol", "synthetic from", "test set", "seeds", "mDice", "mIoU"]
-    body = [[a["model"], a["N"], a["regime"], a["protocol"], a["generator"], a["test_set"], a["seeds"],
-             _pm(a["mDice"], a["mDice_std"]), _pm(a["mIoU"], a["mIoU_std"])]
-            for a in sorted(agg, key=lambda a: (a["model"], a["test_set"], a["N"], a["regime"], a["protocol"]))]
+    """One row per (model, N, regime, protocol, synthetic set, test set), with the mDice gain over
+    the real-only run of the same model, N and test set."""
+    header = ["model", "N real", "regime", "protocol", "synthetic from", "test set", "seeds", "mDice", "mIoU",
+              "ΔmDice vs real"]
+    base = {(a["model"], a["N"], a["test_set"]): a for a in agg if a["regime"] == "real" and a["generator"] == "none"}
+    body = []
+    for a in sorted(agg, key=lambda a: (a["model"], a["test_set"], a["N"], a["regime"], a["protocol"])):
+        b = base.get((a["model"], a["N"], a["test_set"]))
+        gain = "–" if b is None or b is a else f"{a['mDice'] - b['mDice']:+.3f}"
+        body.append([a["model"], a["N"], a["regime"], a["protocol"], a["generator"], a["test_set"], a["seeds"],
+                     _pm(a["mDice"], a["mDice_std"]), _pm(a["mIoU"], a["mIoU_std"]), gain])
     return header, body
 
 
 def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list[str], list[list], dict]:
     header = ["generator", "pairs", "FID", "KID", "MS-SSIM (real)", "MS-SSIM (generated)",
               "mask area (real / gen)", "W1 area", "W1 components",
-              "label mDice (chance)"]
+              "label mDice (chance)", "segFD (real vs real / noise)", "colour error"]
     body, reports = [], {}
     for g in generators:
         path = workdir / "evaluation" / g / "generation_metrics.json"
@@ -92,7 +99,9 @@ def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list
         rep = json.loads(path.read_text())
         reports[g] = rep
         real = rep["real"]
+        bounds = rep.get("segmenter_feature_baselines") or {}
         for r in rep["generated"]:
+            seg = r.get("segmenter_features") or {}
             lc = r.get("label_consistency") or {}
             kid = r.get("kid")
             ms_r, ms_g = real.get("mask_statistics") or {}, r.get("mask_statistics") or {}
@@ -102,7 +111,10 @@ def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list
                          _num(real["msssim_diversity"]["mean"]), _num(r["msssim_diversity"]["mean"]),
                          f"{_num(ms_r.get('area_fraction'))} / {_num(ms_g.get('area_fraction'))}",
                          _num(w1.get("area_fraction")), _num(w1.get("num_components")),
-                         f"{_num(lc.get('mDice'))} ({_num(lc.get('chance_mDice'))})"])
+                         f"{_num(lc.get('mDice'))} ({_num(lc.get('chance_mDice'))})",
+                         f"{_num(seg.get('fd'))} ({_num((bounds.get('real_vs_real') or {}).get('fd'))} / "
+                         f"{_num((bounds.get('noise') or {}).get('fd'))})",
+                         _num(max(seg["colour"]["mean_abs_error"]), 1) if seg else "–"])
     return header, body, reports
 
 
@@ -265,7 +277,10 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
     sections.append(("Generation metrics (against the real training set)",
                      "Per generator; sample grids: real pairs left, generated right (frame | mask | overlay). FID/KID need the FID Inception weights. MS-SSIM: lower = more diverse; "
                      "compare with the real set's own. Label mDice: a segmenter trained on real data scored "
-                     "against the generated masks (chance: against another pair's mask).",
+                     "against the generated masks (chance: against another pair's mask). segFD: Fréchet "
+                     "distance in that segmenter's pooled encoder features to half the real set, beside the "
+                     "other half (real vs real) and colour-matched noise; colour error: max over RGB of "
+                     "|mean − real mean|, 0-255 levels.",
                      (gen_header, gen_body), [f for f in figs if f.startswith("samples_")]))
     sections.append((f"Segmentation, all {n_all} real training pairs",
                      "mean ± std over seeds; Δ: mDice gain over the real-only and real + augmentation runs "
@@ -273,7 +288,8 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
     if low[1]:
         sections.append(("Low-data sweep",
                          "N real pairs (one fixed subset per N), r synthetic per real. Protocol *paper*: the "
-                         "generator was trained on the full set; *same_data*: on the same N pairs.",
+                         "generator was trained on the full set; *same_data*: on the same N pairs. Δ: mDice gain over "
+                         "real-only at the same N.",
                          low, ["low_data.png"]))
     sections.append(("Compute per stage", "Wall and process CPU time of the last run of each stage; train "
                      "GFLOP = XLA cost analysis of one step × steps.", compute_table(summary["stages"]),
