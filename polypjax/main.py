@@ -32,13 +32,18 @@ def make_grain_flags_readable() -> None:
 
 def run(config, workdir: str) -> object:
     """Validates `config`, claims and records it in `workdir` and runs its task (also the API for tests)."""
-    from polypjax import compile_cache, parallel, tasks
+    from polypjax import compile_cache, configlib, parallel, tasks
     from polypjax import workdir as workdir_lib
     compile_cache.enable()
     make_grain_flags_readable()
     # Joined before validation: checking some configs (the pipeline's stages) touches the devices,
     # and jax.distributed must come first.
     d = config.distributed
+    for name in ("num_processes", "process_id"):
+        configlib.check_number(config, f"distributed.{name}", 1 if name == "num_processes" else 0, integer=True)
+    if d.process_id >= d.num_processes:
+        raise configlib.ConfigError(f"config.distributed.process_id={d.process_id} must be below "
+                                    f"config.distributed.num_processes={d.num_processes}")
     parallel.initialize_distributed(d.coordinator_address or None, d.num_processes, d.process_id)
     resolved = tasks.resolve(config)
     tasks.check_data(resolved)  # every data source the task reads, before anything is written
@@ -84,7 +89,7 @@ def main(argv) -> None:
 
 def _multi_process() -> bool:
     jax = sys.modules.get("jax")
-    return jax is not None and jax.process_count() > 1
+    return jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def _process_index() -> int:

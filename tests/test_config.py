@@ -115,6 +115,8 @@ def _main(tmp_path, *overrides):
     ("--config.data.image_size=abc", "--config.data.image_size=abc"),
     ("--config.data.image_size=-1", "config.data.image_size must be positive"),
     ("--config.data.train=/missing/path", "folder '/missing/path' does not exist"),
+    ("--config.distributed.num_processes=0", "config.distributed.num_processes must be"),
+    ("--config.distributed.process_id=2", "process_id=2 must be below config.distributed.num_processes=1"),
 ])
 def test_cli_bad_override_stops_before_work(tmp_path, override, message):
     out = _main(tmp_path, override)

@@ -100,3 +100,22 @@ def test_a_failed_process_stops_the_job_at_once(tmp_path):
     assert "error: process 1 failed (RuntimeError: injected failure on process 1)" in (
         tmp_path / "logs" / "process_1.log").read_text()
     assert elapsed < 120, f"the job took {elapsed:.0f} s to stop"  # jax's barrier would hold it for minutes
+
+
+def test_pairs_equal_a_one_process_run(job, tmp_path):
+    """Pair i depends only on the seed, i and the settings: the 2-process job's pairs, bitwise equal
+    to one process generating with the same generator and settings."""
+    import ml_collections
+
+    from polypjax import main
+    run, _ = job
+    for g in GENERATORS:
+        stage = run / "generated" / g
+        c = ml_collections.ConfigDict(json.loads((stage / "config.json").read_text()))
+        c.distributed = {"coordinator_address": "", "num_processes": 1, "process_id": 0}
+        c.mesh.data = 1
+        main.run(c, str(tmp_path / g))
+        for d in ("images", "masks"):
+            two = {p.name: p.read_bytes() for p in (stage / d).iterdir()}
+            one = {p.name: p.read_bytes() for p in (tmp_path / g / d).iterdir()}
+            assert two == one, (g, d, sorted(set(two) ^ set(one)))
