@@ -110,10 +110,20 @@ def restore_run(workdir, task: str):
     if config.get("task") != task:
         raise ConfigError(f"{workdir}: a {config.get('task')!r} workdir, expected {task!r}")
     ckpt_dir = (workdir / "checkpoints").absolute()
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data")) if ckpt_dir.exists() else None
+    import grain
+    mngr = (ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                 "data": grain.checkpoint.CheckpointHandler()})
+            if ckpt_dir.exists() else None)
     if mngr is None or mngr.latest_step() is None:
         raise ConfigError(f"{workdir}: no checkpoint found in {ckpt_dir}")
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    step = mngr.latest_step()
+    # Every array whole on this process's first device: the checkpoint may come from another
+    # topology (8 devices, 2 processes), which orbax restores only into a target it is given.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            mngr.item_metadata(step)["state"])
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
     return config, restored
 
 
