@@ -39,8 +39,8 @@ def run(config, workdir: str) -> object:
     # Joined before validation: checking some configs (the pipeline's stages) touches the devices,
     # and jax.distributed must come first.
     d = config.distributed
-    for name in ("num_processes", "process_id"):
-        configlib.check_number(config, f"distributed.{name}", 1 if name == "num_processes" else 0, integer=True)
+    configlib.check_number(config, "distributed.num_processes", 1, integer=True)
+    configlib.check_number(config, "distributed.process_id", 0, integer=True)
     if d.process_id >= d.num_processes:
         raise configlib.ConfigError(f"config.distributed.process_id={d.process_id} must be below "
                                     f"config.distributed.num_processes={d.num_processes}")
@@ -77,23 +77,19 @@ def main(argv) -> None:
     except (ConfigError, DataError, NonFiniteLossError) as e:
         _fail(f"error: {e}")
     except Exception as e:
-        if not disk_full(e):
-            if not _multi_process():
-                raise
-            import traceback
-            traceback.print_exc()
-            _fail(f"error: process {_process_index()} failed ({type(e).__name__}: {str(e)[:300]})")
-        _fail(f"error: no space left on the disk of {_WORKDIR.value} ({type(e).__name__}); free some and "
-              "rerun the same command: it resumes from the last complete checkpoint, which is kept")
+        if disk_full(e):
+            _fail(f"error: no space left on the disk of {_WORKDIR.value} ({type(e).__name__}); free some and "
+                  "rerun the same command: it resumes from the last complete checkpoint, which is kept")
+        if not _multi_process():
+            raise
+        import traceback
+        traceback.print_exc()
+        _fail(f"error: process {sys.modules['jax'].process_index()} failed ({type(e).__name__}: {str(e)[:300]})")
 
 
 def _multi_process() -> bool:
     jax = sys.modules.get("jax")
     return jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1
-
-
-def _process_index() -> int:
-    return sys.modules["jax"].process_index()
 
 
 def _fail(message: str) -> None:

@@ -35,24 +35,24 @@ from polypjax.diffusion import generators, postprocess, samplers
 from polypjax.diffusion import schedule as schedule_lib
 from polypjax.train import diffusion, loop
 
-MODES = ("sample", "inpaint", "sdedit", "from_masks")
 # The generator families each mode can run (the generate task and the pipeline check this one table).
 # "gan_spade" is the mask-conditioned GAN (gan.joint false): it draws images for given masks only.
 MODE_FAMILIES = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "sdedit": ("joint",),
                  "from_masks": ("two_stage", "gan_spade")}
+MODES = tuple(MODE_FAMILIES)
 _MODE_NEEDS = {"sample": "a mask-conditioned GAN draws images for given masks: use mode 'from_masks'",
                "inpaint": "the paper's RePaint paints image and mask together",
                "sdedit": "it edits image and mask together",
                "from_masks": "one that draws images for given masks"}
+INPAINT_SAMPLERS = ("repaint", "repaint_ddim")
+REGIONS = ("dilated_mask", "ellipse")
+# Fields that may change between runs on one folder: they do not change any pair.
+FREE_FIELDS = ("num_samples",)
 
 
 def family(kind: str, joint: bool = True) -> str:
     """A generator's family for MODE_FAMILIES: its kind, or gan_spade for a GAN that is not joint."""
     return "gan_spade" if kind == "gan" and not joint else kind
-INPAINT_SAMPLERS = ("repaint", "repaint_ddim")
-REGIONS = ("dilated_mask", "ellipse")
-# Fields that may change between runs on one folder: they do not change any pair.
-FREE_FIELDS = ("num_samples",)
 
 
 def validate(config) -> None:

@@ -106,11 +106,11 @@ def _family(generator_config) -> str:
 def synthetic_sets(config) -> list[tuple[str, str, str]]:
     """(set name, generator, mode) for every generator and every mode of `generate.modes` its kind
     supports, in config order; `sample` keeps the generator's own name."""
-    out = []
+    out, families = [], _mode_families()
     for g in config.generators:
         kind = _family(generator_config(config, g))
         out += [(g if mode == "sample" else f"{g}-{mode}", g, mode)
-                for mode in config.generate.modes if kind in _mode_families()[mode]]
+                for mode in config.generate.modes if kind in families[mode]]
     return out
 
 
@@ -368,22 +368,22 @@ def validate(config) -> None:
         raise ConfigError("config.segmentation.seeds must list at least one seed")
     if config.generate.multiple <= 0:
         raise ConfigError(f"config.generate.multiple must be positive, got {config.generate.multiple}")
-    modes = tuple(config.generate.modes)
+    modes, families = tuple(config.generate.modes), _mode_families()
     if not modes:
-        raise ConfigError("config.generate.modes must list at least one of " + ", ".join(_mode_families()))
+        raise ConfigError("config.generate.modes must list at least one of " + ", ".join(families))
     for mode in modes:
-        if mode not in _mode_families():
-            raise ConfigError(f"config.generate.modes: {mode!r} is unknown; choose from {tuple(_mode_families())}")
+        if mode not in families:
+            raise ConfigError(f"config.generate.modes: {mode!r} is unknown; choose from {tuple(families)}")
     kinds = {g: _family(generator_config(config, g)) for g in config.generators}
     for mode in modes:
-        if not any(k in _mode_families()[mode] for k in kinds.values()):
-            raise ConfigError(f"config.generate.modes: {mode!r} needs a {' or '.join(_mode_families()[mode])} generator; "
+        if not any(k in families[mode] for k in kinds.values()):
+            raise ConfigError(f"config.generate.modes: {mode!r} needs a {' or '.join(families[mode])} generator; "
                               f"the generators are {kinds}")
     for mode in config.generate.get("mode_overrides", {}):
         # Settings of a known mode that is not listed wait for --config.generate.modes to name it.
-        if mode not in _mode_families():
+        if mode not in families:
             raise ConfigError(f"config.generate.mode_overrides.{mode}: {mode!r} is not a generation mode; "
-                              f"choose from {tuple(_mode_families())}")
+                              f"choose from {tuple(families)}")
 
 
 def run(config, workdir: pathlib.Path) -> dict:
