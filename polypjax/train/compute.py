@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import threading
 
 import jax
 
@@ -39,13 +40,24 @@ def bytes_per_device(tree) -> int:
     return max(held.values(), default=0)
 
 
-def record_step_flops(workdir, jitted, *args, **extra) -> None:
+def record_step_flops(workdir, jitted, *args, **extra) -> threading.Thread | None:
     """Writes `<workdir>/compute.json` (FLOPs per training step, device count, and `extra`) once per
-    workdir."""
+    workdir, in a thread: its trace costs seconds of a short run, and overlaps training when started
+    after the first step. Join the returned thread before the workdir is finished."""
     path = pathlib.Path(workdir) / "compute.json"
     if path.exists() or jax.process_index() != 0:
-        return
-    from polypjax.data import export
-    record = {"flops_per_step": step_flops(jitted, *args), "device_count": jax.device_count(), **extra,
-              "source": "XLA cost analysis of the unoptimised train step (XLA's convolutions)"}
-    export.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        return None
+    # Shapes only: the arrays themselves may be donated to the training step meanwhile.
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+                          if hasattr(x, "shape") else x, args)
+    device_count = jax.device_count()
+
+    def write():
+        from polypjax.data import export
+        record = {"flops_per_step": step_flops(jitted, *shapes), "device_count": device_count, **extra,
+                  "source": "XLA cost analysis of the unoptimised train step (XLA's convolutions)"}
+        export.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+    thread = threading.Thread(target=write, name="step-flops", daemon=True)
+    thread.start()
+    return thread

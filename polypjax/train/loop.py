@@ -179,8 +179,6 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     state_bytes = compute.bytes_per_device(state)
     logging.info("train state: %.1f MiB per device on a data=%d x fsdp=%d mesh", state_bytes / 2**20,
                  mesh.shape["data"], mesh.shape["fsdp"])
-    compute.record_step_flops(workdir, step_fn, state, first,  # the compute column of pipeline reports
-                              state_bytes_per_device=state_bytes, mesh=dict(mesh.shape))
     mngr = checkpoint_manager(workdir, config)
     start = 0
     if mngr.latest_step() is not None:
@@ -191,6 +189,7 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
         writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
     progress = writers_lib.Progress(num_steps, writer, start, every_steps=config.train.log_every,
                                     show_bar=jax.process_index() == 0)
+    flops_thread = None
     pending = None  # (step, device metrics) checked one step late so the host never stalls the device
     window: dict[str, list] = {}
 
@@ -213,7 +212,11 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     try:
         for step in range(start + 1, num_steps + 1):
             batch = parallel.global_batch(next(data_iter), mesh)
-            state, metrics = step_fn(state, batch)
+            old_state, state, metrics = state, *step_fn(state, batch)
+            if step == start + 1:  # after the first step's trace and compile, not beside them
+                flops_thread = compute.record_step_flops(  # the compute column of pipeline reports
+                    workdir, step_fn, old_state, batch, state_bytes_per_device=state_bytes, mesh=dict(mesh.shape))
+            del old_state  # donated: only its shapes are read
             if pending is not None:
                 check(*pending)
             pending = (step, metrics)
@@ -238,6 +241,8 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
         progress.close()
         mngr.wait_until_finished()
         writer.flush()
+        if flops_thread is not None:
+            flops_thread.join()
     return state
 
 
