@@ -244,6 +244,9 @@ def inpaint_region(config, index: int, mask: np.ndarray, fractions: np.ndarray) 
     return ellipse_region(rng, size, fraction), "ellipse"
 
 
+_FRAME_CACHE_BYTES = 1 << 30  # 1 GiB: Kvasir-SEG's 1000 frames at 256 px take a quarter of it
+
+
 class Mode:
     """Host inputs and device sampling of one mode; pair i's inputs depend only on i."""
 
@@ -260,6 +263,9 @@ class Mode:
             if len(self.source) == 0:
                 raise ConfigError(f"config.generate.source={g.source!r} holds no pairs")
             self._fractions = None
+            # Real frames at the model's size, decoded (or rendered) once: each is needed about
+            # num_samples / len(source) times, and on the thread that dispatches the sampler.
+            self._frames = {} if len(self.source) * self.size**2 * 4 <= _FRAME_CACHE_BYTES else None
         self.mask_files = []
         fam = family(generator.kind, getattr(generator, "joint", True))
         if fam not in MODE_FAMILIES[g.mode]:
@@ -277,9 +283,13 @@ class Mode:
         return len(self.mask_files) * int(self.g.images_per_mask) if self.kind == "from_masks" else num_samples
 
     def _real(self, k: int):
+        if self._frames is not None and k in self._frames:
+            return self._frames[k]
         pair = self.source[k]
-        image, mask = _resize(pair["image"], pair["mask"], self.size)
-        return image, mask, pair["id"]
+        frame = (*_resize(pair["image"], pair["mask"], self.size), pair["id"])
+        if self._frames is not None:
+            self._frames[k] = frame
+        return frame
 
     def _source_fractions(self) -> np.ndarray:
         if self._fractions is None:
