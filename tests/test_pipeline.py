@@ -156,7 +156,10 @@ def test_worker_processes_give_the_same_stream():
     inline = [_ids(b) for b in _take(iter(pipeline.train_dataset(src, **kw)), 4)]
     main.make_grain_flags_readable()  # what the entry point does (pytest leaves absl flags unparsed)
     it = iter(pipeline.train_dataset(src, worker_count=1, **kw))
-    assert [_ids(b) for b in _take(it, 4)] == inline
+    try:
+        assert [_ids(b) for b in _take(it, 4)] == inline
+    finally:
+        it.close()  # its worker and shared-memory batches, not left to the garbage collector
 
 
 _ORPHAN_SCRIPT = """
