@@ -404,7 +404,7 @@ def run(config, workdir: pathlib.Path) -> dict:
     for name, g, mode in sets:
         generated[name] = stages.run(
             f"generated/{name}", generate_config(config, gdirs[g], config.generate.multiple * n_real, mode, masks),
-            upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple} x {n_real} pairs with {g} ({mode})")
+            upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple:g} x {n_real} pairs with {g} ({mode})")
 
     def segment(model, regime, n, seed, generator="none", protocol="full", train=None, synthetic=None,
                 upstream=(), fraction=None):
