@@ -77,6 +77,10 @@ def test_rerun_skips_finished_stages_and_resumes_inside_the_stopped_one(finished
     assert killed["status"] == "done" and killed["runs"] == 2
     for rel in STAGES:
         assert _stage(workdir, rel)["status"] == "done", rel
+    # The report's compute table says which stage was resumed (its time is the last run's).
+    row = next(line for line in (workdir / "report" / "report.md").read_text().splitlines()
+               if line.startswith(f"| {KILLED} |"))
+    assert row.strip("|").split("|")[-1].strip() == "2", row
 
 
 def test_report_tables_match_the_stage_results(finished):

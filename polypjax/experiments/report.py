@@ -123,12 +123,13 @@ def _num(v, digits=3) -> str:
 
 
 def compute_table(stages: dict) -> tuple[list[str], list[list]]:
-    header = ["stage", "task", "wall s", "CPU s", "steps", "devices", "train GFLOP"]
+    header = ["stage", "task", "wall s", "CPU s", "steps", "devices", "train GFLOP", "runs"]
     body = []
     for rel, rec in stages.items():
         c = rec.get("compute") or {}
         body.append([rel, rec.get("task"), _num(c.get("wall_s"), 1), _num(c.get("cpu_s"), 1), c.get("steps", "–"),
-                     c.get("devices", "–"), "–" if not c.get("train_flops") else f"{c['train_flops'] / 1e9:.1f}"])
+                     c.get("devices", "–"), "–" if not c.get("train_flops") else f"{c['train_flops'] / 1e9:.1f}",
+                     rec.get("runs", 1)])
     return header, body
 
 
@@ -291,7 +292,8 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
                          "generator was trained on the full set; *same_data*: on the same N pairs. Δ: mDice gain over "
                          "real-only at the same N.",
                          low, ["low_data.png"]))
-    sections.append(("Compute per stage", "Wall and process CPU time of the last run of each stage; train "
+    sections.append(("Compute per stage", "Wall and process CPU time of the last run of each stage (runs > 1: "
+                     "it was stopped and resumed, and the earlier runs' time is not counted); train "
                      "GFLOP = XLA cost analysis of one step × steps.", compute_table(summary["stages"]),
                      ["training_loss.png"]))
 
