@@ -39,6 +39,7 @@ def get_config(variant: str = "cpu"):
         # instead of the paper's 960; configs/paper.py keeps the paper's schedule).
         "mode_overrides": {"inpaint": {"generate": {"inpaint": {
             "sampler": "repaint_ddim", "steps": 25, "jump_length": 5, "jump_n_sample": 2}}}}})
+    # image_size 0: the generator's size (data.image_size); real frames are resized to it.
     config.evaluate = ml_collections.ConfigDict({"overrides": {"evaluate": {
         "image_size": 0, "batch_size": 50, "msssim_pairs": 200, "msssim_size": 176}}})
     config.segmentation = ml_collections.ConfigDict({

@@ -45,7 +45,9 @@ def test_every_pipeline_variant_builds_valid_stage_configs(variant, tmp_path):
         tasks.resolve(pipeline.generator_config(r, g))
         gen = pipeline.generate_config(r, stage_dir, 10, mode, stage_dir / "masks")
         assert gen.generate.mode == mode and (mode != "inpaint" or gen.generate.source == r.data.train)
-    assert tasks.resolve(pipeline.evaluate_config(r, [stage_dir], None)).evaluate.real == r.data.train
+    ev = tasks.resolve(pipeline.evaluate_config(r, [stage_dir], None)).evaluate
+    # Scored at the generator's size: a real folder's frames differ in size (Kvasir-SEG's do).
+    assert ev.real == r.data.train and ev.image_size == r.data.image_size
     for model in r.segmentation.models:
         for regime in r.segmentation.regimes:
             seg = tasks.resolve(pipeline.segmentation_config(r, model, regime, seed=0, synthetic=str(stage_dir)))

@@ -136,6 +136,8 @@ def evaluate_config(config, generated: list[pathlib.Path], segmenter_dir: pathli
     c.evaluate.real = config.data.train
     c.evaluate.generated = ",".join(str(p) for p in generated)
     c.evaluate.segmenter_workdir = str(segmenter_dir) if segmenter_dir else ""
+    if not c.evaluate.image_size:  # not native: a folder's real frames differ in size
+        c.evaluate.image_size = int(config.data.image_size)
     return c
 
 
