@@ -76,7 +76,7 @@ def _quickstart(config):
     """The smallest run whose numbers mean something: one generator trained long enough for
     label-consistent pairs (300 steps, tools/generator_recipes.py), its pairs from noise, and a
     segmenter with and without them at all 200 and at 16 real pairs. RePaint into the real frames
-    (--config.generate.modes=sample,inpaint: about 3 more minutes, 11.8 in all on 2 idle cores) and
+    (--config.generate.modes=sample,inpaint: about 3 more minutes on 2 idle cores) and
     the GAN baseline are left to configs/demo.py, to stay within 10 minutes."""
     del config.generators["joint_gan"]
     config.generate.modes = ("sample",)  # its inpaint settings stay, for the modes override above

@@ -215,7 +215,10 @@ def make_generator(config):
 def postprocess_pairs(images: np.ndarray, masks: np.ndarray, post_config) -> tuple[np.ndarray, np.ndarray]:
     """Host-side: [-1,1] floats -> uint8 images and cleaned {0,1} masks (the paper's clean-up)."""
     from polypjax.diffusion import postprocess
-    images_u8 = np.asarray(to_uint8_image(jnp.asarray(images)))
+    # numpy, not to_uint8_image: a jax op here would queue behind the sampler's batches on the
+    # device, stalling the writer thread that runs this; the same float32 arithmetic and rounding.
+    x = (np.asarray(images, np.float32) + np.float32(1.0)) * np.float32(127.5)
+    images_u8 = np.clip(np.round(x), 0, 255).astype(np.uint8)
     masks_bin = postprocess.postprocess_masks(np.asarray(masks)[..., 0], radius=post_config.opening_radius,
                                               min_size=post_config.min_component_size)
     return images_u8, masks_bin.astype(np.uint8)
