@@ -32,8 +32,11 @@ def to_model_range(batch: dict) -> tuple[jax.Array, jax.Array]:
     return image, mask
 
 
-def to_uint8_image(x: jax.Array) -> jax.Array:
-    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+def to_uint8_image(x) -> np.ndarray:
+    """[-1,1] floats -> uint8, on the host in numpy: it runs in generate's writer threads, where a
+    jax op would queue behind the sampler's batches on the device."""
+    x = (np.asarray(x, np.float32) + np.float32(1.0)) * np.float32(127.5)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def make_unet(model_config, in_channels: int, out_channels: int, cond_channels: int = 0) -> ADMUNet:
@@ -215,10 +218,7 @@ def make_generator(config):
 def postprocess_pairs(images: np.ndarray, masks: np.ndarray, post_config) -> tuple[np.ndarray, np.ndarray]:
     """Host-side: [-1,1] floats -> uint8 images and cleaned {0,1} masks (the paper's clean-up)."""
     from polypjax.diffusion import postprocess
-    # numpy, not to_uint8_image: a jax op here would queue behind the sampler's batches on the
-    # device, stalling the writer thread that runs this; the same float32 arithmetic and rounding.
-    x = (np.asarray(images, np.float32) + np.float32(1.0)) * np.float32(127.5)
-    images_u8 = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    images_u8 = to_uint8_image(images)
     masks_bin = postprocess.postprocess_masks(np.asarray(masks)[..., 0], radius=post_config.opening_radius,
                                               min_size=post_config.min_component_size)
     return images_u8, masks_bin.astype(np.uint8)
