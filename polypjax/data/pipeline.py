@@ -46,8 +46,9 @@ def _process(process_index, process_count):
 
 class _ResizedCache:
     """`source` at `size`, each pair read (decoded, rendered, resized) once per process: an epoch
-    of a short run reads every pair several times, on the thread that feeds the device. The arrays
-    are read-only, so a transform that wrote into them would fail instead of changing the cache."""
+    of a short run reads every pair several times, on the thread that feeds the device. Other keys
+    of a pair (its id) are kept. The arrays are read-only, so a transform that wrote into them
+    would fail instead of changing the cache."""
 
     def __init__(self, source, size: int):
         self.source, self.size, self._pairs = source, size, {}
@@ -59,9 +60,10 @@ class _ResizedCache:
         index = int(index)
         pair = self._pairs.get(index)
         if pair is None:
-            pair = resize_pair(self.source[index], self.size)
-            for array in pair.values():
-                array.setflags(write=False)
+            pair = self.source[index]
+            pair = {**pair, **resize_pair(pair, self.size)}
+            for key in ("image", "mask"):
+                pair[key].setflags(write=False)
             self._pairs[index] = pair
         return dict(pair)
 
@@ -69,8 +71,9 @@ class _ResizedCache:
 _CACHE_BYTES = 256 << 20  # per process and source: 16k pairs at 64 px, 1k at 256 px
 
 
-def _cached(source, size: int):
-    return _ResizedCache(source, size) if size and len(source) * size * size * 4 <= _CACHE_BYTES else source
+def cached(source, size: int, max_bytes: int = _CACHE_BYTES):
+    """`source` whose pairs are read once at `size`, when they fit in `max_bytes`; else `source`."""
+    return _ResizedCache(source, size) if size and len(source) * size * size * 4 <= max_bytes else source
 
 
 def _shuffled_stream(source, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
@@ -97,7 +100,7 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
     local_batch = _check_batch(global_batch_size, process_count)
     if not isinstance(sources, (list, tuple)):
         sources = [sources]
-    streams = [_shuffled_stream(_cached(s, image_size), seed + 1009 * k, process_index, process_count)
+    streams = [_shuffled_stream(cached(s, image_size), seed + 1009 * k, process_index, process_count)
                for k, s in enumerate(sources)]
     if len(streams) == 1:
         ds = streams[0]

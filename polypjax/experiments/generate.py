@@ -31,6 +31,7 @@ import numpy as np
 from polypjax import configlib, parallel
 from polypjax.configlib import ConfigError
 from polypjax.data import catalog, export, visualize
+from polypjax.data import pipeline as data_pipeline
 from polypjax.diffusion import generators, postprocess, samplers
 from polypjax.diffusion import schedule as schedule_lib
 from polypjax.train import diffusion, loop
@@ -262,10 +263,10 @@ class Mode:
             self.source = catalog.make_source(g.source, data, default_split="train", seed=config.seed)
             if len(self.source) == 0:
                 raise ConfigError(f"config.generate.source={g.source!r} holds no pairs")
-            self._fractions = None
             # Real frames at the model's size, decoded (or rendered) once: each is needed about
             # num_samples / len(source) times, and on the thread that dispatches the sampler.
-            self._frames = {} if len(self.source) * self.size**2 * 4 <= _FRAME_CACHE_BYTES else None
+            self.source = data_pipeline.cached(self.source, self.size, _FRAME_CACHE_BYTES)
+            self._fractions = None
         self.mask_files = []
         fam = family(generator.kind, getattr(generator, "joint", True))
         if fam not in MODE_FAMILIES[g.mode]:
@@ -283,13 +284,9 @@ class Mode:
         return len(self.mask_files) * int(self.g.images_per_mask) if self.kind == "from_masks" else num_samples
 
     def _real(self, k: int):
-        if self._frames is not None and k in self._frames:
-            return self._frames[k]
         pair = self.source[k]
-        frame = (*_resize(pair["image"], pair["mask"], self.size), pair["id"])
-        if self._frames is not None:
-            self._frames[k] = frame
-        return frame
+        image, mask = _resize(pair["image"], pair["mask"], self.size)  # a no-op on a cached source
+        return image, mask, pair["id"]
 
     def _source_fractions(self) -> np.ndarray:
         if self._fractions is None:
