@@ -30,6 +30,32 @@ def timed_loop(step, *, warmup: int, min_iters: int, max_iters: int, budget_s: f
     return times
 
 
+class StolenTime:
+    """Share of the machine's CPU time the hypervisor gave to other guests during a block
+    (/proc/stat "steal"): on a shared VM it rises in bursts, and a rate timed during one is not
+    comparable with one timed outside it. `fraction` is None where /proc/stat has no steal column."""
+
+    def __enter__(self):
+        self._start, self.fraction = _cpu_times(), None
+        return self
+
+    def __exit__(self, *exc):
+        end = _cpu_times()
+        if self._start and end:
+            total = sum(end) - sum(self._start)
+            self.fraction = (end[7] - self._start[7]) / total if total > 0 else 0.0
+        return False
+
+
+def _cpu_times() -> list[int] | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[:8] if len(fields) >= 8 else None
+
+
 def summarise(times: list[float], items_per_iter: int, flops_per_iter: float | None = None) -> dict:
     out = {"timed_iters": len(times), "ms_per_iter_median": 1e3 * statistics.median(times),
            "ms_per_iter_mean": 1e3 * statistics.fmean(times), "ms_per_iter_min": 1e3 * min(times),

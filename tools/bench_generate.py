@@ -5,7 +5,9 @@ pool's post-processing, PNG encoding and manifest); sampler-only is the same jit
 on the same batch, three calls in flight at a time and blocked on. The end-to-end rate is marginal:
 after a warm-up run (it fills the compilation cache), runs of n and 3n pairs into fresh folders,
 rate = 2n / (t(3n) - t(n)), so loading the checkpoint and compiling cancel out. Both are measured
-in turns, --repeats times, and the medians printed. The target
+in turns, --repeats times, and the medians printed; a turn during which the hypervisor took more
+than --max_steal of the CPU (/proc/stat steal, which comes in bursts on a shared VM) is discarded
+and run again. The target
 (issue 15) is end to end >= 90 % of sampler-only: the host work hides behind the device.
 
     python tools/bench_generate.py [--generator_workdir DIR] [--size 32] [--batch 8] [--pairs 16]
@@ -15,6 +17,7 @@ Without --generator_workdir a tiny generator (`--size` px) is trained for 2 step
 not depend on how well it is trained. Last line: one JSON object {case: pairs/s}.
 """
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -65,11 +68,13 @@ def main():
     ap.add_argument("--modes", default="sample,inpaint")
     ap.add_argument("--budget", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3, help="turns of sampler-only and end-to-end runs")
+    ap.add_argument("--max_steal", type=float, default=0.05,
+                    help="a turn in which the VM's host took more of the CPU than this is run again (up to 3x repeats turns)")
     args = ap.parse_args()
 
     import jax
     import numpy as np
-    from bench_common import summarise, timed_loop
+    from bench_common import StolenTime, summarise, timed_loop
     from polypjax import main as entry
     from polypjax import parallel, tasks
     from polypjax.experiments import generate
@@ -98,30 +103,42 @@ def main():
         entry.run(_config(wd, mode, args.pairs, args.batch, args.steps), os.path.join(root, f"{mode}_warm"))
         # Sampler-only and end-to-end measured in turns, `repeats` times, medians reported: on a
         # small shared CPU either rate drifts between runs minutes apart by more than the ratio's margin.
-        sampler_rates, e2e_rates, times = [], [], []
-        for rep in range(args.repeats):
-            r = summarise(timed_loop(lambda: jax.block_until_ready([f(params, g_idx, g_inputs) for _ in range(IN_FLIGHT)]),
-                                     warmup=1, min_iters=2, max_iters=20, budget_s=args.budget), IN_FLIGHT * batch)
-            sampler_rates.append(r["items_per_s"])
+        sampler_rates, e2e_rates, times, steals = [], [], [], []
+        for turn in range(args.repeats * 3):
+            if len(sampler_rates) == args.repeats:
+                break
+            with StolenTime() as stolen_s:
+                r = summarise(timed_loop(lambda: jax.block_until_ready([f(params, g_idx, g_inputs) for _ in range(IN_FLIGHT)]),
+                                         warmup=1, min_iters=2, max_iters=20, budget_s=args.budget), IN_FLIGHT * batch)
             run_s = []  # end to end, marginal over n pairs
-            for n in (args.pairs, 3 * args.pairs):
-                t = time.perf_counter()
-                entry.run(_config(wd, mode, n, args.batch, args.steps), os.path.join(root, f"{mode}_{n}_{rep}"))
-                run_s.append(time.perf_counter() - t)
+            with StolenTime() as stolen_e:
+                for n in (args.pairs, 3 * args.pairs):
+                    t = time.perf_counter()
+                    entry.run(_config(wd, mode, n, args.batch, args.steps), os.path.join(root, f"{mode}_{n}_{turn}"))
+                    run_s.append(time.perf_counter() - t)
+            steal = max(stolen_s.fraction or 0.0, stolen_e.fraction or 0.0)
+            if steal > args.max_steal and turn < args.repeats * 3 - 1:
+                # The hypervisor took a burst of CPU from this VM: the turn's two rates are not comparable.
+                print(f"{mode}: turn {turn} discarded, {100 * steal:.0f}% of CPU time stolen by the host", flush=True)
+                continue
+            sampler_rates.append(r["items_per_s"])
             e2e_rates.append(2 * args.pairs / max(1e-9, run_s[1] - run_s[0]))
             times.append(run_s)
+            steals.append(round(steal, 3))
         ratios = [e / s for e, s in zip(e2e_rates, sampler_rates)]
         sampler_rate, e2e_rate = statistics.median(sampler_rates), statistics.median(e2e_rates)
         results[mode] = {"sampler_pairs_per_s": sampler_rates, "end_to_end_pairs_per_s": e2e_rates,
-                         "ratio": ratios, "unet_calls_per_pair": m.unet_calls(), "run_s": times}
+                         "ratio": ratios, "unet_calls_per_pair": m.unet_calls(), "run_s": times,
+                         "cpu_stolen": steals}
         print(f"{mode}: sampler-only {sampler_rate:.2f} pairs/s, end to end {e2e_rate:.2f} pairs/s (medians of "
               f"{args.repeats}), ratio median {100 * statistics.median(ratios):.0f}% (each: "
-              f"{', '.join(f'{100 * x:.0f}%' for x in ratios)}), {m.unet_calls()} UNet calls/pair", flush=True)
+              f"{', '.join(f'{100 * x:.0f}%' for x in ratios)}; CPU stolen "
+              f"{', '.join(f'{100 * x:.0f}%' for x in steals)}), {m.unet_calls()} UNet calls/pair", flush=True)
+        print(json.dumps({mode: results[mode]}), flush=True)
         line[f"{mode}_sampler"] = sampler_rate
         line[f"{mode}_end_to_end"] = e2e_rate
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}, {args.size} px, "
           f"batch {args.batch}, {args.steps} steps, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    import json
     print(json.dumps(line), flush=True)
 
 
