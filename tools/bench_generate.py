@@ -131,7 +131,7 @@ def main():
                          "ratio": ratios, "unet_calls_per_pair": m.unet_calls(), "run_s": times,
                          "cpu_stolen": steals}
         print(f"{mode}: sampler-only {sampler_rate:.2f} pairs/s, end to end {e2e_rate:.2f} pairs/s (medians of "
-              f"{args.repeats}), ratio median {100 * statistics.median(ratios):.0f}% (each: "
+              f"{len(ratios)} turns), ratio median {100 * statistics.median(ratios):.0f}% (each: "
               f"{', '.join(f'{100 * x:.0f}%' for x in ratios)}; CPU stolen "
               f"{', '.join(f'{100 * x:.0f}%' for x in steals)}), {m.unet_calls()} UNet calls/pair", flush=True)
         print(json.dumps({mode: results[mode]}), flush=True)
