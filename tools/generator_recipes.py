@@ -41,7 +41,9 @@ from polypjax.metrics import masks as mask_metrics  # noqa: E402
 from polypjax.train import loop  # noqa: E402
 from polypjax.train.diffusion import DiffusionTask  # noqa: E402
 
-# Overrides of configs/diffusion.py (dotted keys). "baseline" is the config before this study.
+# Overrides of configs/diffusion.py (dotted keys), applied to it with min-SNR weighting off, so that
+# each name means the same recipe whatever the default is. "baseline" is the config before this
+# study; "v_cosine" is the default of configs/diffusion.py (cpu).
 RECIPES = {
     "baseline": {"diffusion.pred": "eps", "diffusion.schedule": "linear"},
     "v_cosine": {"diffusion.pred": "v", "diffusion.schedule": "cosine"},
@@ -57,9 +59,11 @@ RECIPES = {
 }
 
 
-def recipe_config(name: str, kind: str):
+def recipe_config(name: str, kind: str, seed: int = 0):
     config = diffusion_config.get_config()
     config.generator.kind = kind
+    config.seed = seed
+    config.diffusion.min_snr_gamma = 0.0
     for key, value in RECIPES[name].items():
         node = config
         *path, leaf = key.split(".")
@@ -109,9 +113,11 @@ class Reference:
                 "area_w1": dist["area_fraction"], "border_w1": dist["touches_border"]}
 
 
-def run_recipe(name: str, kind: str, budgets: list[float], ref: Reference, out: pathlib.Path, n: int):
-    config = recipe_config(name, kind)
-    task = DiffusionTask(config, out / f"{kind}_{name}")
+def run_recipe(name: str, kind: str, budgets: list[float], ref: Reference, out: pathlib.Path, n: int,
+               seed: int = 0):
+    config = recipe_config(name, kind, seed)
+    tag = f"{kind}_{name}" + (f"_seed{seed}" if seed else "")
+    task = DiffusionTask(config, out / tag)
     mesh = parallel.make_mesh(-1, 1)
     data = iter(task.train_iterator())
     rows, step = [], 0
@@ -131,10 +137,10 @@ def run_recipe(name: str, kind: str, budgets: list[float], ref: Reference, out: 
         spent += time.process_time() - t0
         images, masks = task.sample_pairs(state.ema_params, jax.random.PRNGKey(0), n, spec)
         raw_images, _ = task.sample_pairs(state.params, jax.random.PRNGKey(0), 16, spec)
-        row = {"kind": kind, "recipe": name, "cpu_s": budget, "steps": step, **ref.score(images, masks),
+        row = {"kind": kind, "recipe": name, "seed": seed, "cpu_s": budget, "steps": step, **ref.score(images, masks),
                "raw_colour_err": float(np.max(np.abs(raw_images.reshape(-1, 3).mean(0) - ref.colour["mean"])))}
         grid = visualize.pair_grid([{"image": i, "mask": m} for i, m in zip(images[:8], masks[:8])], size=64)
-        export.atomic_write_bytes(out / f"grid_{kind}_{name}_{int(budget)}.png", export.encode_png(grid))
+        export.atomic_write_bytes(out / f"grid_{tag}_{int(budget)}.png", export.encode_png(grid))
         print(json.dumps(row), flush=True)
         rows.append(row)
         t0 = time.process_time()
@@ -147,11 +153,11 @@ def table(rows, ref: Reference) -> str:
              f"{'/'.join(f'{c:.0f}' for c in ref.colour['mean'])}, MS-SSIM {ref.msssim:.3f}, segmenter mDice on "
              f"real {ref.lc['mDice']:.3f} (chance {ref.lc['chance_mDice']:.3f}). segFD bounds: real vs real "
              f"{ref.fd_real:.3f}, colour-matched noise {ref.fd_noise:.3f}.", "",
-             "| kind | recipe | CPU s | steps | colour err | colour err (raw params) | RGB mean | segFD "
+             "| kind | recipe | seed | CPU s | steps | colour err | colour err (raw params) | RGB mean | segFD "
              "| mDice | chance | MS-SSIM | area W1 | border W1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['kind']} | {r['recipe']} | {r['cpu_s']:.0f} | {r['steps']} | {r['colour_err']:.1f} | "
+        lines.append(f"| {r['kind']} | {r['recipe']} | {r.get('seed', 0)} | {r['cpu_s']:.0f} | {r['steps']} | {r['colour_err']:.1f} | "
                      f"{r['raw_colour_err']:.1f} | {'/'.join(f'{c:.0f}' for c in r['colour_mean'])} | "
                      f"{r['seg_fd']:.3f} | {r['mDice']:.3f} | {r['chance_mDice']:.3f} | {r['msssim']:.3f} | "
                      f"{r['area_w1']:.3f} | {r['border_w1']:.3f} |")
@@ -166,6 +172,8 @@ def main():
     ap.add_argument("--budgets", default="240,600", help="process CPU-seconds, comma-separated")
     ap.add_argument("--num_samples", type=int, default=64)
     ap.add_argument("--out", default="/tmp/generator_recipes")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed (initialisation, data order, noise); the reference and sampling keys stay fixed")
     args = ap.parse_args()
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
     if unknown:
@@ -176,7 +184,7 @@ def main():
     budgets = [float(b) for b in args.budgets.split(",")]
     rows = []
     for name in args.recipes.split(","):
-        rows += run_recipe(name, args.kind, budgets, ref, out, args.num_samples)
+        rows += run_recipe(name, args.kind, budgets, ref, out, args.num_samples, args.seed)
         export.atomic_write_text(out / f"recipes_{args.kind}.md", table(rows, ref))
     print(table(rows, ref))
 
