@@ -38,3 +38,17 @@ def trained_generator(tmp_path_factory):
     wd = tmp_path_factory.mktemp("generator")
     main.run(tiny_config("joint"), str(wd))
     return wd
+
+
+# xdist hands out whole files (--dist loadfile) in collection order (--no-loadscope-reorder; its
+# default order is by test count, which sends these few-test, minutes-long files last and leaves one
+# worker idle while the other finishes them). These files hold most of the suite's time (pytest's
+# durations report), so they go first: longest first keeps both workers busy to the end.
+LONGEST_FIRST = ("test_multiprocess_pipeline.py", "test_pipeline_task.py", "test_generator_quality.py",
+                 "test_generators.py", "test_generate_modes.py", "test_train_loop.py", "test_device_check.py",
+                 "test_gan.py", "test_multiprocess.py", "test_adm_unet.py", "test_topology.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
