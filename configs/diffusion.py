@@ -18,6 +18,7 @@ def get_config(variant: str = "cpu"):
         "schedule": "linear", "num_timesteps": 1000, "pred": "eps",
         "cond_dropout": 0.1,  # two_stage: probability of training the image model unconditionally
         "min_snr_gamma": 0.0,  # > 0: Hang et al.'s min-SNR-gamma loss weighting; 0: plain MSE on the target
+        "timestep_sampling": "uniform",  # or "lognormal": EDM's training noise levels on this schedule
     })
     config.model = configlib.model_config(
         channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),

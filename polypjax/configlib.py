@@ -65,18 +65,37 @@ def model_config(**fields) -> ml_collections.ConfigDict:
 HOW_FIELDS = ("model.conv",)
 
 
-def what_it_computes(config: dict) -> dict:
-    """A copy of a config dict without `HOW_FIELDS`, for fingerprints: equal for configs that differ
-    only there, and for configs written before such a field existed."""
+# Fields added after runs were written, with the value that computes what a config without the
+# field computed. Fingerprints and resume checks leave such a field out while it holds that value,
+# so a run recorded before the field existed still matches (its stored fingerprint lacks it).
+ADDED_FIELDS = {"diffusion.min_snr_gamma": 0.0, "diffusion.timestep_sampling": "uniform"}
+
+
+def _drop(out: dict, dotted: str, only_if=None) -> None:
+    *parents, leaf = dotted.split(".")
+    node = out
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node and (only_if is None or node[leaf] == only_if[0]):
+        del node[leaf]
+
+
+def without_neutral_fields(config: dict) -> dict:
+    """A copy of a config dict without the `ADDED_FIELDS` that hold their neutral value."""
     import copy
     out = copy.deepcopy(dict(config))
+    for dotted, value in ADDED_FIELDS.items():
+        _drop(out, dotted, only_if=(value,))
+    return out
+
+
+def what_it_computes(config: dict) -> dict:
+    """A copy of a config dict for fingerprints: without `HOW_FIELDS`, nor `ADDED_FIELDS` at their
+    neutral value; equal for configs that differ only there, and for configs written before such a
+    field existed."""
+    out = without_neutral_fields(config)
     for dotted in HOW_FIELDS:
-        *parents, leaf = dotted.split(".")
-        node = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        _drop(out, dotted)
     return out
 
 

@@ -220,7 +220,7 @@ def differences(old: dict, new: dict) -> dict[str, tuple]:
 def check_resume(workdir: pathlib.Path, old: dict, new: dict) -> None:
     """Raises unless a run of `new` may continue the run `old` left in `workdir`."""
     task = new["task"]
-    diff = differences(old, new)
+    diff = differences(configlib.without_neutral_fields(old), configlib.without_neutral_fields(new))
     refused = {k: v for k, v in diff.items() if not _may_change(task, k)}
     if refused:
         items = [f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in refused.items()]

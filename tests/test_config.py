@@ -250,3 +250,24 @@ def test_configs_written_before_model_conv_still_build_their_models():
     workdir.check_resume(pathlib.Path("unused"), json.loads(json.dumps(seg)), json.loads(json.dumps(new)))
     assert configlib.what_it_computes(seg) == configlib.what_it_computes(new)
     assert "conv" in new["model"]  # a copy: the config itself is left alone
+
+
+def test_configs_written_before_the_loss_fields_resume_and_keep_their_fingerprints():
+    """A diffusion run recorded before diffusion.min_snr_gamma and .timestep_sampling existed
+    computed what their neutral values compute: it resumes under today's config and its stage and
+    generator fingerprints do not change; a non-neutral value is a change and is refused."""
+    from polypjax import workdir
+
+    old = json.loads(json.dumps(_load("diffusion").to_dict()))  # as read back from config.json
+    for field in ("min_snr_gamma", "timestep_sampling"):
+        del old["diffusion"][field]
+    new = json.loads(json.dumps(_load("diffusion").to_dict()))
+    workdir.check_resume(pathlib.Path("unused"), json.loads(json.dumps(old)), new)
+    assert configlib.what_it_computes(old) == configlib.what_it_computes(new)
+    for field, value in (("min_snr_gamma", 5.0), ("timestep_sampling", "lognormal")):
+        changed = json.loads(json.dumps(new))
+        changed["diffusion"][field] = value
+        assert configlib.what_it_computes(changed) != configlib.what_it_computes(old)
+        with pytest.raises(workdir.WorkdirError, match=f"diffusion.{field}: \\(absent\\) -> "):
+            workdir.check_resume(pathlib.Path("unused"), json.loads(json.dumps(old)), changed)
+    assert "min_snr_gamma" in new["diffusion"]  # a copy: the config itself is left alone

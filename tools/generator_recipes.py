@@ -50,6 +50,8 @@ RECIPES = {
     "x0_cosine": {"diffusion.pred": "x0", "diffusion.schedule": "cosine"},
     "v_cosine_minsnr5": {"diffusion.pred": "v", "diffusion.schedule": "cosine", "diffusion.min_snr_gamma": 5.0},
     "eps_cosine_minsnr5": {"diffusion.pred": "eps", "diffusion.schedule": "cosine", "diffusion.min_snr_gamma": 5.0},
+    "v_cosine_lognormal_t": {"diffusion.pred": "v", "diffusion.schedule": "cosine",
+                             "diffusion.timestep_sampling": "lognormal"},
     "v_cosine_small": {"diffusion.pred": "v", "diffusion.schedule": "cosine", "model.channel_mult": (1, 2),
                        "model.attention_resolutions": ()},
     "v_cosine_16px": {"diffusion.pred": "v", "diffusion.schedule": "cosine", "data.image_size": 16,

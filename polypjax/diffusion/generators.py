@@ -94,6 +94,10 @@ class Generator:
         self.learn_sigma = bool(config.model.learn_sigma)
         self.image_size = int(config.data.image_size)
         self.min_snr_gamma = float(d.get("min_snr_gamma", 0.0))
+        self.timestep_sampling = str(d.get("timestep_sampling", "uniform"))  # configs written before the field
+        if self.timestep_sampling not in objectives.TIMESTEP_SAMPLING:
+            raise ValueError(f"config.diffusion.timestep_sampling={self.timestep_sampling!r} is unknown; choose one "
+                             f"of {', '.join(objectives.TIMESTEP_SAMPLING)}")
 
     def _unet_loss(self, model: ADMUNet, params, x0, rng, cond=None):
         drop_rng, loss_rng = jax.random.split(rng)
@@ -102,7 +106,8 @@ class Generator:
             return model.apply({"params": p}, x_t, t, c, train=True, rngs={"dropout": drop_rng})
 
         return objectives.training_loss(apply_fn, params, self.sched, x0, loss_rng, pred=self.pred,
-                                        learn_sigma=self.learn_sigma, cond=cond, min_snr_gamma=self.min_snr_gamma)
+                                        learn_sigma=self.learn_sigma, cond=cond, min_snr_gamma=self.min_snr_gamma,
+                                        timestep_sampling=self.timestep_sampling)
 
     def _model_fn(self, model: ADMUNet, params, cond=None):
         return lambda x, t: model.apply({"params": params}, x, t, cond, train=False).astype(jnp.float32)

@@ -151,6 +151,26 @@ def vb_terms_bpd(sched: Schedule, x0, x_t, t, model_mean, model_log_variance):
     return jnp.where(t == 0, nll, kl)
 
 
+TIMESTEP_SAMPLING = ("uniform", "lognormal")
+# Karras et al. (2022), EDM: ln(sigma) ~ N(-1.2, 1.2^2) for data scaled to [-1, 1].
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
+
+
+def sample_timesteps(sched: Schedule, rng: jax.Array, n: int, kind: str = "uniform") -> jax.Array:
+    """Training timesteps [N]: uniform over the schedule's indices (DDPM), or ``lognormal``: EDM's
+    noise-level distribution, mapped onto this discrete schedule through the equivalent variance-
+    exploding noise level sigma_t = sqrt((1 - acp_t) / acp_t) = SNR_t^-1/2 (x_t / alpha_t = x0 +
+    sigma_t eps), each draw taking the first index whose sigma_t reaches it."""
+    if kind == "uniform":
+        return jax.random.randint(rng, (n,), 0, len(sched))
+    if kind != "lognormal":
+        raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLING}, got {kind!r}")
+    acp = sched.alphas_cumprod
+    log_sigma = 0.5 * (jnp.log1p(-acp) - jnp.log(acp))  # increasing in t
+    draws = EDM_P_MEAN + EDM_P_STD * jax.random.normal(rng, (n,))
+    return jnp.clip(jnp.searchsorted(log_sigma, draws), 0, len(sched) - 1)
+
+
 def training_loss(
     apply_fn: Callable[..., jax.Array],
     params: Any,
@@ -164,6 +184,7 @@ def training_loss(
     t: Optional[jax.Array] = None,
     noise: Optional[jax.Array] = None,
     min_snr_gamma: float = 0.0,
+    timestep_sampling: str = "uniform",
 ) -> dict[str, jax.Array]:
     """Per-example diffusion loss for one uniformly drawn timestep per example.
 
@@ -172,6 +193,7 @@ def training_loss(
     close over. ``t`` and ``noise`` override the random draws (for tests). ``min_snr_gamma`` > 0
     weights the MSE by Hang et al.'s (2023) min-SNR-gamma rule, expressed for the chosen target:
     min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0.
+    ``timestep_sampling`` picks the distribution of ``t`` (``sample_timesteps``).
 
     Returns a dict of [N] arrays: ``loss`` (= mse + vb), ``mse``, ``vb`` (zeros unless
     ``learn_sigma``) and ``t``.
@@ -181,7 +203,7 @@ def training_loss(
     n = x0.shape[0]
     t_rng, n_rng = jax.random.split(rng)
     if t is None:
-        t = jax.random.randint(t_rng, (n,), 0, len(sched))
+        t = sample_timesteps(sched, t_rng, n, timestep_sampling)
     if noise is None:
         noise = jax.random.normal(n_rng, x0.shape, dtype=x0.dtype)
     x_t = q_sample(sched, x0, t, noise)
