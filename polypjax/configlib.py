@@ -71,13 +71,13 @@ HOW_FIELDS = ("model.conv",)
 ADDED_FIELDS = {"diffusion.min_snr_gamma": 0.0, "diffusion.timestep_sampling": "uniform"}
 
 
-def _drop(out: dict, dotted: str, only_if=None) -> None:
+def _parent(out: dict, dotted: str) -> tuple[dict | None, str]:
+    """The dict that holds a dotted field (None when a block on the way is absent), and its key."""
     *parents, leaf = dotted.split(".")
     node = out
     for part in parents:
         node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict) and leaf in node and (only_if is None or node[leaf] == only_if[0]):
-        del node[leaf]
+    return (node if isinstance(node, dict) else None), leaf
 
 
 def without_neutral_fields(config: dict) -> dict:
@@ -85,7 +85,9 @@ def without_neutral_fields(config: dict) -> dict:
     import copy
     out = copy.deepcopy(dict(config))
     for dotted, value in ADDED_FIELDS.items():
-        _drop(out, dotted, only_if=(value,))
+        node, leaf = _parent(out, dotted)
+        if node is not None and leaf in node and node[leaf] == value:
+            del node[leaf]
     return out
 
 
@@ -95,7 +97,9 @@ def what_it_computes(config: dict) -> dict:
     field existed."""
     out = without_neutral_fields(config)
     for dotted in HOW_FIELDS:
-        _drop(out, dotted)
+        node, leaf = _parent(out, dotted)
+        if node is not None:
+            node.pop(leaf, None)
     return out
 
 

@@ -159,7 +159,7 @@ def table(rows, ref: Reference) -> str:
              "| mDice | chance | MS-SSIM | area W1 | border W1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['kind']} | {r['recipe']} | {r.get('seed', 0)} | {r['cpu_s']:.0f} | {r['steps']} | {r['colour_err']:.1f} | "
+        lines.append(f"| {r['kind']} | {r['recipe']} | {r['seed']} | {r['cpu_s']:.0f} | {r['steps']} | {r['colour_err']:.1f} | "
                      f"{r['raw_colour_err']:.1f} | {'/'.join(f'{c:.0f}' for c in r['colour_mean'])} | "
                      f"{r['seg_fd']:.3f} | {r['mDice']:.3f} | {r['chance_mDice']:.3f} | {r['msssim']:.3f} | "
                      f"{r['area_w1']:.3f} | {r['border_w1']:.3f} |")
