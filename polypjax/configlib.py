@@ -35,6 +35,9 @@ def data_config(image_size: int = 128, batch_size: int = 16) -> ml_collections.C
     d.test_fraction = 0.1  # folder datasets without an official split: seeded hash split
     d.split_seed = 0
     d.worker_count = 0  # grain worker processes (0: in the main process)
+    # How integer images of more than 8 bits map to 0-255 (data/sources.py, SCALINGS): "full" (the
+    # type's range), "declared" (the range the file declares) or "N-bit", e.g. "12-bit".
+    d.image_scaling = "full"
     d.augment = augment_config()
     return d
 
@@ -68,7 +71,8 @@ HOW_FIELDS = ("model.conv",)
 # Fields added after runs were written, with the value that computes what a config without the
 # field computed. Fingerprints and resume checks leave such a field out while it holds that value,
 # so a run recorded before the field existed still matches (its stored fingerprint lacks it).
-ADDED_FIELDS = {"diffusion.min_snr_gamma": 0.0, "diffusion.timestep_sampling": "uniform"}
+ADDED_FIELDS = {"diffusion.min_snr_gamma": 0.0, "diffusion.timestep_sampling": "uniform",
+                "data.image_scaling": "full"}
 
 
 def _parent(out: dict, dotted: str) -> tuple[dict | None, str]:
@@ -257,6 +261,12 @@ def resolve(config: ml_collections.ConfigDict, task_check=None) -> ml_collection
         check_number(config, "data.test_fraction", 0, 1, low_open=True, high_open=True)
         check_number(config, "data.split_seed", 0, integer=True)
         check_number(config, "data.worker_count", 0, integer=True)
+        if "image_scaling" in d:
+            from polypjax.data import sources
+            try:
+                sources.parse_scaling(d.image_scaling)
+            except ValueError as e:
+                raise ConfigError(f"config.data.image_scaling: {e}") from None
         for field in ("train", "test"):
             check_no_comma_folder(d[field], f"data.{field}")
             for spec in split_specs(d[field]):

@@ -57,7 +57,8 @@ def make_source(spec: str, data_config, *, default_split: str = "train", seed: i
         return reader.TfdsSource(s.name, split=s.split, data_dir=data_config.get("tfds_data_dir") or None)
     from polypjax.data import sources
     return sources.FolderSource(s.name, split=s.split, test_fraction=data_config.test_fraction,
-                                split_seed=data_config.split_seed, decode_size=data_config.image_size)
+                                split_seed=data_config.split_seed, decode_size=data_config.image_size,
+                                image_scaling=data_config.get("image_scaling", "full"))
 
 
 def split_specs(value: str) -> list[str]:

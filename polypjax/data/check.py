@@ -12,6 +12,15 @@ import logging
 
 from polypjax.data import catalog, inspect, sources
 
+# A pipeline checks its sources before every stage; a rule's warning is worth one line per process.
+_LOGGED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logging.warning("%s", message)
+
 
 def check_sources(config, specs, *, progress: bool | None = None) -> list[dict]:
     """Raises `DataError` (one line: field, file, problem) on the first source with an error.
@@ -31,7 +40,8 @@ def check_sources(config, specs, *, progress: bool | None = None) -> list[dict]:
             continue
         report = inspect.inspect_folder(s.name, progress=progress, split=s.split,
                                         test_fraction=config.data.test_fraction,
-                                        split_seed=config.data.split_seed)
+                                        split_seed=config.data.split_seed,
+                                        image_scaling=config.data.get("image_scaling", "full"))
         reports.append(report)
         problems = [sources.Problem(**p) for p in report["problems"]]
         errors = [p for p in problems if p.severity == "error"]
@@ -41,7 +51,10 @@ def check_sources(config, specs, *, progress: bool | None = None) -> list[dict]:
             raise sources.DataError(f"config.{field}: {errors[0].path}: {errors[0].message}{more}")
         if report["num_pairs"] == 0:
             raise sources.DataError(f"config.{field}: {s.name}: no pairs in split {s.split!r}")
-        warnings = [p for p in problems if p.severity == "warning"]
+        for note in report["rules_applied"]:
+            _warn_once(f"config.{field}: {note['path']}: {note['message']}")
+        rules = [sources.Problem(**p) for p in report["rules_applied"]]
+        warnings = [p for p in problems if p.severity == "warning" and p not in rules]
         if warnings:
-            logging.warning("config.%s: %d warning(s) in %s, e.g. %s", field, len(warnings), s.name, warnings[0])
+            _warn_once(f"config.{field}: {len(warnings)} warning(s) in {s.name}, e.g. {warnings[0]}")
     return reports

@@ -11,13 +11,14 @@ downloaded (no conversion step):
 Problems are reported with the file they concern. `check_pair` is the one per-pair check: the
 inspector (`inspect.inspect_folder`) and the pre-run check of every task (`check.py`) collect its
 problems over a folder; the sources raise `DataError` on the first one they meet, through the
-same decoding rules (`read_array`, `to_uint8`, `to_binary_mask`).
+same decoding rules (`read_array`, `to_uint8`, `read_mask_values`).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import pathlib
+import re
 import unicodedata
 from typing import Iterable, Sequence
 
@@ -147,6 +148,13 @@ def _natural_key(stem: str):
 # type's full range [0, max] (16-bit: x * 255 / 65535, negative values clip to 0), never by the
 # file's own maximum; floats are taken as [0, 1] (clipped) and scaled by 255. Pillow's 32-bit
 # mode "I" (how it may open a 16-bit PNG) is read as 16-bit.
+#
+# Scaling (`config.data.image_scaling`, `SCALINGS`): 12-bit sensor data is often stored in 16-bit
+# containers and decodes nearly black under the full-range rule. "full" (the default) keeps the
+# rule; "declared" scales from the range the file declares (a TIFF's BitsPerSample below its
+# container or its MaxSampleValue tag, a PNG's sBIT chunk) and from the full range where it
+# declares none; "N-bit" (e.g. "12-bit") scales every file from [0, 2^N - 1]. Values above the
+# chosen top clip to 255. `check_pair` warns about images that use a small part of their range.
 
 LOSSY_FORMATS = ("JPEG", "MPO")
 
@@ -160,6 +168,7 @@ class Header:
     channels: int
     dtype: str
     format: str
+    declared_max: int | None = None  # the largest value the file says it holds, below its type's maximum
 
     @property
     def lossy(self) -> bool:
@@ -209,19 +218,81 @@ def read_header(path: pathlib.Path) -> Header:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 shape, dtype = series.shape, np.dtype(series.dtype)
+                declared = _tiff_declared_max(tif.pages[0], dtype)
             h, w, c, _ = image_layout(shape, path)
             _check_dtype(dtype, path)
-            return Header(h, w, c, dtype.name, "TIFF")
+            return Header(h, w, c, dtype.name, "TIFF", declared)
         from PIL import Image
         with Image.open(path) as im:
             c = _pil_mode_channels(im)
             h, w, _, _ = image_layout((im.height, im.width, c), path)
             dtype = "uint16" if im.mode.startswith("I") else "float32" if im.mode == "F" else "uint8"
-            return Header(h, w, c, dtype, im.format or "")
+            declared = _png_declared_max(path) if dtype == "uint16" and im.format == "PNG" else None
+            return Header(h, w, c, dtype, im.format or "", declared)
     except DataError:
         raise
     except Exception as e:  # PIL and tifffile raise many types for corrupt files.
         raise DataError(f"{path}: unreadable or corrupt image file ({type(e).__name__}: {e})") from e
+
+
+def _tiff_declared_max(page, dtype: np.dtype) -> int | None:
+    if not np.issubdtype(dtype, np.integer):
+        return None
+    top = int(np.iinfo(dtype).max)
+    bits = page.bitspersample  # tifffile unpacks 10/12/14-bit samples into a wider type
+    declared = 2 ** bits - 1 if 0 < bits < dtype.itemsize * 8 else None
+    tag = page.tags.get("MaxSampleValue")
+    if tag is not None:
+        value = max(np.atleast_1d(tag.value).tolist())
+        declared = min(declared or top, int(value))
+    return declared if declared is not None and 0 < declared < top else None
+
+
+def _png_declared_max(path: pathlib.Path) -> int | None:
+    """A 16-bit PNG's sBIT chunk (significant bits per channel), which Pillow does not expose."""
+    import struct
+    with open(path, "rb") as f:
+        f.read(8)  # signature
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            body = f.read(length)
+            f.read(4)  # CRC
+            if kind == b"sBIT" and body:
+                bits = max(body)
+                return 2 ** bits - 1 if 0 < bits < 16 else None
+
+
+SCALINGS = ("full", "declared", "N-bit (e.g. 12-bit)")
+
+
+def parse_scaling(value) -> str | int:
+    """`config.data.image_scaling` -> "full", "declared" or a bit count; ValueError when it is none."""
+    text = str(value).strip().lower()
+    if text in ("full", "declared"):
+        return text
+    match = re.fullmatch(r"(\d+)-?bits?", text)
+    if match and 1 <= int(match.group(1)) <= 32:
+        return int(match.group(1))
+    raise ValueError(f"{value!r} is not an image scaling: expected one of {', '.join(SCALINGS)}")
+
+
+def scaling_top(dtype, header: Header | None, scaling="full") -> int | None:
+    """The integer value that decodes to 255 under `scaling` (None: not an integer type)."""
+    dtype = np.dtype(dtype)
+    if dtype == bool or not np.issubdtype(dtype, np.integer):
+        return None
+    top = int(np.iinfo(dtype).max)
+    rule = parse_scaling(scaling)
+    if rule == "declared" and header is not None and header.declared_max:
+        return header.declared_max
+    if isinstance(rule, int):
+        return min(top, 2 ** rule - 1)
+    return top
 
 
 def _check_dtype(dtype: np.dtype, path) -> None:
@@ -270,21 +341,23 @@ def read_array(path: pathlib.Path, min_size: int | None = None) -> tuple[np.ndar
     return array, header
 
 
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """The one value rule for every bit depth (see the comment above `Header`)."""
-    if array.dtype == np.uint8:
+def to_uint8(array: np.ndarray, top: int | None = None) -> np.ndarray:
+    """The one value rule for every bit depth (see the comment above `Header`); `top`: the integer
+    value that maps to 255 (default: the type's maximum)."""
+    if array.dtype == np.uint8 and top in (None, 255):
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.integer):
-        top = np.iinfo(array.dtype).max
-        return np.round(np.clip(array, 0, None) * (255.0 / top)).astype(np.uint8)
+        top = top or np.iinfo(array.dtype).max
+        return np.round(np.clip(array, 0, top) * (255.0 / top)).astype(np.uint8)
     return np.round(np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def read_image_file(path: pathlib.Path, min_size: int | None = None) -> np.ndarray:
+def read_image_file(path: pathlib.Path, min_size: int | None = None, scaling="full") -> np.ndarray:
     """Decodes an image file to uint8 (H,W) or (H,W,C) by the rules above."""
-    return to_uint8(read_array(path, min_size)[0])
+    array, header = read_array(path, min_size)
+    return to_uint8(array, scaling_top(array.dtype, header, scaling))
 
 
 def to_rgb(array: np.ndarray) -> np.ndarray:
@@ -301,41 +374,91 @@ def _value_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(a, return_counts=True)
 
 
-def to_binary_mask(array: np.ndarray, path="mask", lossy: bool = False) -> np.ndarray:
-    """A decoded mask (native dtype) -> uint8 {0,1}; DataError when its labels are not binary.
+@dataclasses.dataclass(frozen=True)
+class MaskReading:
+    """A decoded mask and what the label rule did to it (see `read_mask_values`)."""
+    mask: np.ndarray  # uint8 {0, 1}
+    thresholded: bool = False  # held values besides 0 and one label value: read as >= half range
+    faint_share: float = 0.0  # faint pixels (1-127 on 8 bits) per pixel read as polyp
+    middle_px: int = 0  # pixels in the middle band (64-191 on 8 bits)
+    lossy: bool = False  # a JPEG mask: thresholded without the band test
 
-    Channels: the largest of R, G, B; a mask drawn only in the alpha channel (RGB all zero, alpha
-    not constant) is that alpha channel. Labels: a lossless mask holds 0 and one foreground value,
-    1, 255 or its type's maximum (65535 for 16-bit, True, 1.0); any other set of values (0/2,
-    0/100, 0/1 with a stray 255) is refused with the values found. A lossy (JPEG) mask carries
-    compression noise around 0 and 255, so it is thresholded at > 127 instead (on the 8-bit scale).
-    """
-    a = array
+
+# The nearly-binary rule, in fractions of the range so that 16-bit masks scale with it: published
+# masks (CVC-ClinicDB's original TIFFs) hold 0 and 255 plus faint anti-aliasing values; a mask is
+# thresholded when its faint pixels do not outnumber its label pixels and almost none lie in the
+# middle band, where a second class or a soft mask would put them.
+MIDDLE_BAND_MAX_SHARE = 0.01
+
+
+def _mask_channel(a: np.ndarray) -> np.ndarray:
     if a.ndim == 3:
         rgb = a[..., :3]
         if a.shape[-1] == 4 and not rgb.any() and a[..., 3].min() != a[..., 3].max():
-            a = a[..., 3]
-        else:
-            a = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+            return a[..., 3]
+        return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    return a
+
+
+def read_mask_values(array: np.ndarray, path="mask", lossy: bool = False) -> MaskReading:
+    """A decoded mask (native dtype) -> uint8 {0,1} and how it was read; DataError when ambiguous.
+
+    Channels: the largest of R, G, B; a mask drawn only in the alpha channel (RGB all zero, alpha
+    not constant) is that alpha channel. Labels: a clean mask holds 0 and one foreground value,
+    1, 255 or its type's maximum (65535 for 16-bit, True, 1.0), and is read as it is. Any other mask
+    is thresholded at half its range (8-bit: pixels >= 128 are polyp) when it is nearly binary: its
+    faint pixels (1-127) do not outnumber those >= 128 and at most 1 % of its non-zero pixels lie in
+    the middle band 64-191. Otherwise (0/2, 0/100, 0/1 with a stray 255, class maps) it is refused
+    with the values found. A lossy (JPEG) mask carries compression noise around 0 and 255, so it is
+    thresholded at >= 128 without the band test.
+    """
+    a = _mask_channel(array)
     if lossy:
         a = to_uint8(a)
-        mask = (a > 127).astype(np.uint8)
         top = int(a.max(initial=0))
         if 0 < top <= 127:
             raise DataError(f"{path}: JPEG mask values go up to {top}, none above 127 (lossy masks are "
-                            "thresholded at > 127, so it would be empty); store masks as 0/255")
-        return mask
+                            "thresholded at >= 128, so it would be empty); store masks as 0/255")
+        mask = (a >= 128).astype(np.uint8)
+        faint = int(np.count_nonzero((a > 0) & (a < 128)))
+        return MaskReading(mask, bool(faint) or bool(np.count_nonzero(a[a >= 128] != 255)),
+                           faint / max(1, int(mask.sum())), int(np.count_nonzero((a >= 64) & (a < 192))), True)
     values, counts = _value_counts(a)
     labels = [v for v in values.tolist() if v != 0]
     allowed = {1, 255}
     if np.issubdtype(a.dtype, np.integer):
         allowed.add(int(np.iinfo(a.dtype).max))
     if not labels or (len(labels) == 1 and labels[0] in allowed):
-        return (a != 0).astype(np.uint8)
+        return MaskReading((a != 0).astype(np.uint8))
+    reading = _nearly_binary(a, values, counts)
+    if reading is not None:
+        return reading
     found = ", ".join(f"{v:g} ({c} px)" for v, c in zip(values.tolist()[:8], counts.tolist()[:8]))
     more = f", ... ({len(values)} values)" if len(values) > 8 else ""
-    raise DataError(f"{path}: mask values {found}{more} are not binary labels: a lossless mask holds 0 and "
-                    "one of 1, 255 or 65535 (16-bit)")
+    raise DataError(f"{path}: mask values {found}{more} are not binary labels: a mask holds 0 and one of "
+                    "1, 255 or 65535 (16-bit), or is nearly binary (pixels >= 128 are polyp when the faint "
+                    "ones, 1-127, do not outnumber them and at most 1% of non-zero pixels lie in 64-191)")
+
+
+def _nearly_binary(a: np.ndarray, values: np.ndarray, counts: np.ndarray) -> MaskReading | None:
+    if a.dtype == bool:
+        return None
+    if not np.issubdtype(a.dtype, np.integer):  # floats are [0, 1]: judged on the 8-bit scale
+        a = to_uint8(a)
+        values, counts = _value_counts(a)
+    span = float(np.iinfo(a.dtype).max) + 1.0  # 256 for 8 bits: half 128, band 64-191
+    v = values.astype(np.float64)
+    high = int(counts[v >= span / 2].sum())
+    faint = int(counts[(v > 0) & (v < span / 2)].sum())
+    middle = int(counts[(v >= span / 4) & (v < 3 * span / 4)].sum())
+    if high == 0 or faint > high or middle > MIDDLE_BAND_MAX_SHARE * (high + faint):
+        return None
+    return MaskReading((a >= span / 2).astype(np.uint8), True, faint / high, middle)
+
+
+def to_binary_mask(array: np.ndarray, path="mask", lossy: bool = False) -> np.ndarray:
+    """`read_mask_values`' mask alone."""
+    return read_mask_values(array, path, lossy).mask
 
 
 def read_mask_file(path: pathlib.Path, min_size: int | None = None) -> np.ndarray:
@@ -343,15 +466,31 @@ def read_mask_file(path: pathlib.Path, min_size: int | None = None) -> np.ndarra
     return to_binary_mask(array, path, lossy=header.lossy)
 
 
-def load_pair(stem: str, image_path: pathlib.Path, mask_path: pathlib.Path, min_size: int | None = None) -> dict:
-    image = to_rgb(read_image_file(image_path, min_size))
+def load_pair(stem: str, image_path: pathlib.Path, mask_path: pathlib.Path, min_size: int | None = None,
+              scaling="full") -> dict:
+    image = to_rgb(read_image_file(image_path, min_size, scaling))
     mask = read_mask_file(mask_path, min_size)
     if min_size and image.shape[:2] != mask.shape:  # e.g. a JPEG image with a PNG mask: no draft
-        image, mask = to_rgb(read_image_file(image_path)), read_mask_file(mask_path)
+        image, mask = to_rgb(read_image_file(image_path, scaling=scaling)), read_mask_file(mask_path)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"size {image.shape[1]}x{image.shape[0]} ({image_path.name})")
     return {"image": np.ascontiguousarray(image), "mask": mask, "id": stem}
+
+
+# An image whose brightest value decodes below this (of 255) under the chosen scaling uses a small
+# part of its range: 12-bit data in a 16-bit container decodes to at most 16.
+LOW_RANGE_BELOW = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRange:
+    """The values an integer image of more than 8 bits uses, when they decode nearly black."""
+    low: int
+    high: int
+    top: int  # the value that decodes to 255 under the scaling used
+    bits: int  # the container's bits
+    declared_max: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +498,8 @@ class PairCheck:
     problems: tuple[Problem, ...]
     size: tuple[int, int] | None = None  # (width, height) when the pair is usable
     coverage: float | None = None  # mask foreground fraction
+    mask: MaskReading | None = None  # how the mask was read (`mask.mask` is dropped to save memory)
+    low_range: ImageRange | None = None
 
 
 def _problem(e: DataError) -> Problem:
@@ -366,31 +507,45 @@ def _problem(e: DataError) -> Problem:
     return Problem("error", path, message)
 
 
-def check_pair(image_path: pathlib.Path, mask_path: pathlib.Path) -> PairCheck:
+def _low_range(array: np.ndarray, header: Header, scaling) -> ImageRange | None:
+    top = scaling_top(array.dtype, header, scaling)
+    if top is None or array.dtype.itemsize == 1 or array.size == 0:
+        return None
+    high = int(array.max())
+    if high * 255.0 / top >= LOW_RANGE_BELOW:
+        return None
+    return ImageRange(int(max(0, array.min())), high, top, array.dtype.itemsize * 8, header.declared_max)
+
+
+def check_pair(image_path: pathlib.Path, mask_path: pathlib.Path, scaling="full") -> PairCheck:
     """Every check of one pair that the readers apply, without decoding the image at full size.
 
     The image is read from its header (size, channels, type, pixel limit) and decoded at the
     smallest JPEG reduction to find corrupt data; the mask is decoded in full (labels, coverage).
     """
     problems = []
-    header = mask = None
+    header = reading = low_range = None
     try:
-        header = read_array(image_path, min_size=1)[1]
+        array, header = read_array(image_path, min_size=1)
+        low_range = _low_range(array, header, scaling)
     except DataError as e:
         problems.append(_problem(e))
     try:
-        mask = read_mask_file(mask_path)
+        mask_array, mask_header = read_array(mask_path)
+        reading = read_mask_values(mask_array, mask_path, lossy=mask_header.lossy)
     except DataError as e:
         problems.append(_problem(e))
-    if header is None or mask is None:
+    if header is None or reading is None:
         return PairCheck(tuple(problems))
+    mask = reading.mask
     if (header.height, header.width) != mask.shape:
         return PairCheck((Problem("error", str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} differs "
                                   f"from image size {header.width}x{header.height} ({image_path.name})"),))
     coverage = float(mask.mean())
     if coverage == 0.0:
         problems.append(Problem("warning", str(mask_path), "mask is empty (all zero)"))
-    return PairCheck(tuple(problems), (header.width, header.height), coverage)
+    return PairCheck(tuple(problems), (header.width, header.height), coverage,
+                     dataclasses.replace(reading, mask=None), low_range)
 
 
 def split_ids(ids: Sequence[str], split: str, test_fraction: float, seed: int) -> list[int]:
@@ -434,7 +589,8 @@ class FolderSource:
     """Pairs from a folder in a Kvasir-SEG or CVC-ClinicDB layout (see module docstring)."""
 
     def __init__(self, root: str | pathlib.Path, *, split: str = "all", test_fraction: float = 0.1,
-                 split_seed: int = 0, allow_unpaired: bool = False, decode_size: int | None = None):
+                 split_seed: int = 0, allow_unpaired: bool = False, decode_size: int | None = None,
+                 image_scaling="full"):
         self.root = pathlib.Path(root)
         self.layout, self.image_dir, self.mask_dir = detect_layout(self.root)
         warn_if_incomplete(self.image_dir.parent)
@@ -451,6 +607,8 @@ class FolderSource:
         self._pairs = [pairs[i] for i in keep]
         self.split = split
         self.decode_size = decode_size  # pairs are only needed at this size or larger (JPEG draft)
+        parse_scaling(image_scaling)
+        self.image_scaling = image_scaling
         self.name = f"{self.root.name}/{split}"
 
     def __len__(self) -> int:
@@ -459,7 +617,7 @@ class FolderSource:
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self._pairs):
             raise IndexError(f"index {index} out of range for {self.name} ({len(self)} pairs)")
-        return load_pair(*self._pairs[index], min_size=self.decode_size)
+        return load_pair(*self._pairs[index], min_size=self.decode_size, scaling=self.image_scaling)
 
     def pair_paths(self, index: int) -> tuple[pathlib.Path, pathlib.Path]:
         """(image file, mask file) of pair `index`, e.g. for a record of where a pair came from."""
