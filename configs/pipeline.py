@@ -48,6 +48,9 @@ def get_config(variant: str = "cpu"):
         # "replace" (the paper's alpha) is left to configs/paper.py here, for time.
         "regimes": ("real", "real_augment", "synthetic", "mixed"),
         "alpha": 0.5, "synthetic_fraction": 0.5,
+        # "matched": a mixed run gets the steps that show it as many real images as real-only, and
+        # the baselines it is compared with the same total; "same_steps": every run the same count.
+        "exposure": "matched",
         "seeds": (0, 1),
         "low_data": {"sizes": (16, 64), "synthetic_per_real": 1.0, "regimes": ("real", "mixed"),
                      "protocols": ("paper",)},

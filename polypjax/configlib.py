@@ -34,6 +34,9 @@ def data_config(image_size: int = 128, batch_size: int = 16) -> ml_collections.C
     d.phantom_test_examples = 200
     d.test_fraction = 0.1  # folder datasets without an official split: seeded hash split
     d.split_seed = 0
+    # What data a run reads (phantom frames, subsets); -1: the run's `seed`, which then also varies
+    # the data. The pipeline sets it once, so that its seeds vary initialisation only.
+    d.seed = -1
     d.worker_count = 0  # grain worker processes (0: in the main process)
     # How integer images of more than 8 bits map to 0-255 (data/sources.py, SCALINGS): "full" (the
     # type's range), "declared" (the range the file declares) or "N-bit", e.g. "12-bit".
@@ -72,7 +75,7 @@ HOW_FIELDS = ("model.conv",)
 # field computed. Fingerprints and resume checks leave such a field out while it holds that value,
 # so a run recorded before the field existed still matches (its stored fingerprint lacks it).
 ADDED_FIELDS = {"diffusion.min_snr_gamma": 0.0, "diffusion.timestep_sampling": "uniform",
-                "data.image_scaling": "full"}
+                "data.image_scaling": "full", "data.seed": -1}
 
 
 def _parent(out: dict, dotted: str) -> tuple[dict | None, str]:
@@ -260,6 +263,8 @@ def resolve(config: ml_collections.ConfigDict, task_check=None) -> ml_collection
             check_number(config, f"data.{name}", 1, integer=True)
         check_number(config, "data.test_fraction", 0, 1, low_open=True, high_open=True)
         check_number(config, "data.split_seed", 0, integer=True)
+        if "seed" in d:
+            check_number(config, "data.seed", -1, integer=True)
         check_number(config, "data.worker_count", 0, integer=True)
         if "image_scaling" in d:
             from polypjax.data import sources

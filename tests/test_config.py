@@ -271,3 +271,26 @@ def test_configs_written_before_the_loss_fields_resume_and_keep_their_fingerprin
         with pytest.raises(workdir.WorkdirError, match=f"diffusion.{field}: \\(absent\\) -> "):
             workdir.check_resume(pathlib.Path("unused"), json.loads(json.dumps(old)), changed)
     assert "min_snr_gamma" in new["diffusion"]  # a copy: the config itself is left alone
+
+
+def test_pipeline_seeds_vary_initialisation_not_data():
+    from polypjax.data import catalog
+    from polypjax.experiments import pipeline
+    c = configlib.load_config("pipeline", "mini")
+    seeds = [pipeline.segmentation_config(c, "unet", "real", seed=k) for k in (0, 1, 2)]
+    assert [s.seed for s in seeds] == [0, 1, 2]
+    assert {catalog.data_seed(s.data, s.seed) for s in seeds} == {c.seed}
+    assert seeds[0].data.seed == -1  # equal to its own seed: as before the field, same fingerprint
+    src = [catalog.make_source("phantom-a", s.data, seed=s.seed) for s in seeds[:2]]
+    assert (src[0][3]["image"] == src[1][3]["image"]).all()
+
+
+def test_exposure_matched_steps():
+    from polypjax.experiments import pipeline
+    assert pipeline.exposure_steps(150, 0.5, "matched") == 300
+    assert pipeline.exposure_steps(150, 0.2, "matched") == 188  # ceil(150 / 0.8)
+    assert pipeline.exposure_steps(150, 0.5, "same_steps") == 150
+    c = configlib.load_config("pipeline", "mini")
+    c.segmentation.exposure = "more"
+    with pytest.raises(configlib.ConfigError, match="config.segmentation.exposure='more'"):
+        configlib.resolve(c, pipeline.validate)

@@ -194,6 +194,17 @@ def test_label_consistency_with_stand_in_segmenter():
     assert resized["mDice"] > 0.9
 
 
+def test_label_consistency_never_scores_an_empty_mask_as_consistent():
+    """A generator that paints no polyp (empty mask, plain frame) and a segmenter that sees none
+    agree pixel for pixel; such a pair must still count as a failure, not Dice 1."""
+    full = np.zeros((32, 32), np.uint8)
+    full[8:24, 8:24] = 1
+    pairs = [{"image": np.repeat(m[..., None] * 255, 3, axis=-1), "mask": m, "id": str(i)}
+             for i, m in enumerate([full, np.zeros_like(full), np.zeros_like(full), full])]
+    got = generation_metrics.label_consistency(pairs, _threshold_predictor(32), 32, batch_size=4)
+    assert got["num_images"] == 4 and got["mDice"] == pytest.approx(0.5) and got["mIoU"] == pytest.approx(0.5)
+
+
 def test_native_size_needs_one_size_per_set():
     pairs = [{"image": np.zeros((20, 30, 3), np.uint8), "mask": np.zeros((20, 30), np.uint8), "id": "a"},
              {"image": np.zeros((20, 20, 3), np.uint8), "mask": np.zeros((20, 20), np.uint8), "id": "b"}]

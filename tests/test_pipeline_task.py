@@ -15,14 +15,17 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JUDGE = "segmentation/none/unet/real/all/0"
+# In the order they run. At N = 6 (the low-data sweep, paper protocol) the full-data generator makes
+# its own r x N sets, painting into frames of the N only.
 STAGES = ["generators/joint", "generated/joint", "generated/joint-inpaint", JUDGE, "evaluation/joint",
           "evaluation/joint-inpaint", "segmentation/joint/unet/mixed/all/0",
-          "segmentation/joint-inpaint/unet/mixed/all/0", "segmentation/none/unet/real/6/0",
-          "segmentation/joint/unet/mixed/6/0", "segmentation/joint-inpaint/unet/mixed/6/0"]
+          "segmentation/joint-inpaint/unet/mixed/all/0", "generated/joint-N6-paper",
+          "generated/joint-inpaint-N6-paper", "segmentation/none/unet/real/6/0",
+          "segmentation/joint-N6-paper/unet/mixed/6/0", "segmentation/joint-inpaint-N6-paper/unet/mixed/6/0"]
 KILLED = STAGES[-1]
-# The stages an inpaint-only setting reaches: that synthetic set, its metrics and its segmenters.
+# The stages an inpaint-only setting reaches: those synthetic sets, their metrics and their segmenters.
 READS_INPAINT = ("generated/joint-inpaint", "evaluation/joint-inpaint",
-                 "segmentation/joint-inpaint/unet/mixed/all/0", KILLED)
+                 "segmentation/joint-inpaint/unet/mixed/all/0", "generated/joint-inpaint-N6-paper", KILLED)
 
 # One CPU device, as `python -m polypjax.main` runs it (the test session simulates eight).
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # one device; as conftest
@@ -167,3 +170,29 @@ def test_inpaint_set_paints_into_the_real_training_frames(finished):
         outside[y0:y1, x0:x1] = False
         assert np.array_equal(pair["image"][outside], frame["image"][outside]), rec["id"]
         assert not pair["mask"][outside].any(), rec["id"]
+
+
+def test_low_data_runs_see_only_their_n_real_pairs_and_full_real_exposure(finished):
+    """At N the segmenter trains on exactly the N subset pairs (not a hash split of them), every
+    frame painted into comes from the N, both synthetic sets hold r x N pairs, and a mixed run sees
+    as many real images as its real-only reference (its step count grows instead)."""
+    from polypjax.data.sources import FolderSource
+    workdir, _ = finished
+    subset = FolderSource(workdir / "data/subsets/N6")
+    subset_ids = {subset[i]["id"] for i in range(len(subset))}
+    assert len(subset_ids) == 6
+    real = json.loads((workdir / "segmentation/none/unet/real/6/0/results.json").read_text())
+    assert real["exposure"]["real_pairs"] == 6 and real["train"].endswith("@all")
+    for name in ("joint-N6-paper", "joint-inpaint-N6-paper"):
+        folder = workdir / "generated" / name
+        records = [json.loads(line) for m in sorted(folder.glob("manifest*.jsonl")) for line in m.read_text().splitlines()]
+        assert len(records) == 6, name  # r = 1: one synthetic pair per real pair
+        if "inpaint" in name:
+            assert {r["source_id"] for r in records} <= subset_ids  # no frame from outside the N
+        mixed = json.loads((workdir / f"segmentation/{name}/unet/mixed/6/0/results.json").read_text())
+        assert mixed["exposure"]["real_pairs"] == 6 and mixed["exposure"]["synthetic_pairs"] == 6
+        assert mixed["exposure"]["real_images_seen"] == real["exposure"]["real_images_seen"]
+        assert mixed["num_steps"] == 2 * real["num_steps"]
+    full_real = json.loads((workdir / JUDGE / "results.json").read_text())["exposure"]
+    full_mixed = json.loads((workdir / "segmentation/joint/unet/mixed/all/0/results.json").read_text())["exposure"]
+    assert full_mixed["real_images_seen"] == full_real["real_images_seen"] and full_real["real_pairs"] == 12

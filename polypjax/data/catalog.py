@@ -44,9 +44,19 @@ def parse_spec(spec: str, default_split: str) -> Spec:
     return Spec("folder", str(pathlib.Path(text).expanduser()), split)
 
 
+def data_seed(data_config, run_seed: int) -> int:
+    """The seed that decides which data a run reads (phantom frames, subsets): `data.seed`, or the
+    run's own seed where it is -1 (configs written before the field). Keeping it apart from the
+    run's seed lets seeds vary a segmenter's initialisation without changing its data."""
+    seed = int(data_config.get("seed", -1)) if hasattr(data_config, "get") else -1
+    return int(run_seed) if seed < 0 else seed
+
+
 def make_source(spec: str, data_config, *, default_split: str = "train", seed: int = 0):
-    """Builds the pair source a spec names, using the data config for sizes and splits."""
+    """Builds the pair source a spec names, using the data config for sizes and splits; `seed` is
+    the run's seed, used for data only where `data.seed` is -1 (`data_seed`)."""
     s = parse_spec(spec, default_split)
+    seed = data_seed(data_config, seed)
     if s.kind == "phantom":
         from polypjax.data import phantom
         n = data_config.phantom_train_examples if s.split == "train" else data_config.phantom_test_examples

@@ -303,7 +303,7 @@ class Mode:
             from polypjax.data import sources
             for j, i in enumerate(idx):
                 path = self.mask_files[(int(i) // self.g.images_per_mask) % len(self.mask_files)]
-                _, masks[j] = _resize(None, sources.to_binary_mask(sources.read_image_file(path)), s)
+                _, masks[j] = _resize(None, sources.read_mask_file(path), s)  # the one label rule, JPEG included
                 meta.append({"source_mask": path.name, "variant": int(i) % self.g.images_per_mask})
             return {"mask": masks}, meta
         images, masks, regions, meta = (np.zeros((n, s, s, 3), np.uint8), np.zeros((n, s, s), np.uint8),

@@ -98,6 +98,9 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
     arrays sharded over it (batch_size a multiple of the devices); without one, host arrays.
     The `chance_` figures score the same predictions against the mask of the next pair in the
     batch: what mask size and position priors alone give, the floor real consistency must beat.
+    A pair whose mask is empty scores 0 even when the segmenter also sees nothing: a generated pair
+    without a polyp teaches a segmenter nothing about polyps, and scoring it 1 let a generator that
+    paints empty masks look consistent.
     """
     from polypjax.metrics.segmentation import accumulate
     total = chance = None
@@ -108,8 +111,8 @@ def label_consistency(source, predict, image_size: int, batch_size: int, mesh=No
         if mesh is not None:
             batch = parallel.global_batch(batch, mesh)
         logits = predict(batch["image"])
-        total = accumulate(total, logits, batch["mask"], batch["valid"])
-        chance = accumulate(chance, logits, *_next_pairs(batch["mask"], batch["valid"]))
+        total = accumulate(total, logits, batch["mask"], batch["valid"], empty="zero")
+        chance = accumulate(chance, logits, *_next_pairs(batch["mask"], batch["valid"]), empty="zero")
     out = {}
     for prefix, metrics in (("", total), ("chance_", chance)):
         for k, v in metrics.compute().items():

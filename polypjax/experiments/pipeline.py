@@ -26,6 +26,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import pathlib
 import shutil
 import time
@@ -75,6 +76,15 @@ def _stage_base(config, name: str, *args) -> ml_collections.ConfigDict:
     return c
 
 
+def _fix_data_seed(config, c: ml_collections.ConfigDict) -> None:
+    """Every stage reads the pipeline's data (phantom frames, subsets) whatever its own seed: the
+    segmenters' seeds vary initialisation only. Left at -1 where it equals the stage's seed, so
+    such stages keep the fingerprints they had before `data.seed` existed."""
+    from polypjax.data.catalog import data_seed
+    seed = data_seed(config.data, config.seed)
+    c.data.seed = -1 if seed == c.seed else seed
+
+
 GENERATOR_CONFIGS = ("diffusion", "gan")  # configs/<name>.py of a generators.<g> entry
 
 
@@ -87,6 +97,7 @@ def generator_config(config, name: str, train: str | None = None):
               f"generators.{name}.overrides")
     if train is not None:
         c.data.train = train
+    _fix_data_seed(config, c)
     return c
 
 
@@ -128,6 +139,7 @@ def generate_config(config, generator_dir: pathlib.Path, num_samples: int, mode:
         c.generate.source = real or config.data.train
     if mode == "from_masks":
         c.generate.masks = str(real_masks)
+    _fix_data_seed(config, c)
     return c
 
 
@@ -138,11 +150,12 @@ def evaluate_config(config, generated: list[pathlib.Path], segmenter_dir: pathli
     c.evaluate.segmenter_workdir = str(segmenter_dir) if segmenter_dir else ""
     if not c.evaluate.image_size:  # not native: a folder's real frames differ in size
         c.evaluate.image_size = int(config.data.image_size)
+    _fix_data_seed(config, c)
     return c
 
 
 def segmentation_config(config, model: str, regime: str, *, seed: int, train: str | None = None,
-                        synthetic: str = "", synthetic_fraction: float | None = None):
+                        synthetic: str = "", synthetic_fraction: float | None = None, steps: int | None = None):
     s = config.segmentation
     c = merge(_stage_base(config, "segmentation", s.get("variant", "cpu")), s.overrides, "segmentation.overrides")
     merge(c, s.models[model], f"segmentation.models.{model}")
@@ -153,7 +166,23 @@ def segmentation_config(config, model: str, regime: str, *, seed: int, train: st
     if train is not None:
         c.data.train = train
     c.data.synthetic = synthetic
+    if steps is not None:
+        c.train.num_steps = int(steps)
+    _fix_data_seed(config, c)
     return c
+
+
+EXPOSURES = ("matched", "same_steps")
+
+
+def exposure_steps(base_steps: int, synthetic_fraction: float, exposure: str) -> int:
+    """Steps of a run whose batches are `synthetic_fraction` synthetic. "matched": it sees as many real
+    images as the real-only run of `base_steps` (the count grows by 1 / (1 - f)), so a synthetic set
+    is judged on what it adds, not on real images it displaced; "same_steps": the old rule."""
+    f = float(synthetic_fraction)
+    if exposure == "same_steps" or f <= 0.0 or f >= 1.0:
+        return int(base_steps)
+    return int(math.ceil(base_steps / (1.0 - f)))
 
 
 # --------------------------------------------------------------------------- stages
@@ -289,7 +318,8 @@ def _subset_folder(workdir: pathlib.Path, config, n: int) -> pathlib.Path:
             return
         if out.exists():
             shutil.rmtree(out)
-        export.write_source(sources.random_subset(real, n, seed=config.seed), out, desc=f"real subset N={n}")
+        export.write_source(sources.random_subset(real, n, seed=catalog.data_seed(config.data, config.seed)), out,
+                            desc=f"real subset N={n}")
         export.atomic_write_text(done, json.dumps(key) + "\n")
     _on_main(write, f"subset N{n}")
     return out
@@ -363,6 +393,8 @@ def validate(config) -> None:
         if regime not in REAL_REGIMES + SYNTHETIC_REGIMES:
             raise ConfigError(f"config.segmentation.regimes: {regime!r} is unknown; choose from "
                               f"{REAL_REGIMES + SYNTHETIC_REGIMES}")
+    if s.get("exposure", "matched") not in EXPOSURES:
+        raise ConfigError(f"config.segmentation.exposure={s.exposure!r}; choose one of {EXPOSURES}")
     for p in s.low_data.protocols:
         if p not in ("paper", "same_data"):
             raise ConfigError(f"config.segmentation.low_data.protocols: {p!r}; choose paper or same_data")
@@ -408,15 +440,31 @@ def run(config, workdir: pathlib.Path) -> dict:
             f"generated/{name}", generate_config(config, gdirs[g], config.generate.multiple * n_real, mode, masks),
             upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple:g} x {n_real} pairs with {g} ({mode})")
 
+    exposure = s.get("exposure", "matched")
+    base_steps = {m: int(segmentation_config(config, m, "real", seed=s.seeds[0]).train.num_steps) for m in models}
+
+    def steps_for(model, regime, regimes, fraction):
+        """Real-only runs at the base count; a mixed run at the count that shows it as many real
+        images, and the baselines it is compared with at that same total (exposure-matched); the
+        synthetic-only and the paper's replace regime at the base count."""
+        if regime == "real" or regime in ("synthetic", "replace") or "mixed" not in regimes:
+            return base_steps[model]
+        return exposure_steps(base_steps[model], fraction, exposure)
+
     def segment(model, regime, n, seed, generator="none", protocol="full", train=None, synthetic=None,
-                upstream=(), fraction=None):
+                upstream=(), fraction=None, regimes=s.regimes):
         rel = f"segmentation/{generator}/{model}/{regime}/{'all' if n is None else n}/{seed}"
+        f = float(s.synthetic_fraction if fraction is None else fraction)
+        steps = steps_for(model, regime, regimes, f)
         c = segmentation_config(config, model, regime, seed=seed, train=train,
-                                synthetic=str(synthetic) if synthetic else "", synthetic_fraction=fraction)
-        stages.run(rel, c, upstream=upstream, what=f"segmenter {model}, {regime}, N={n or n_real}, seed {seed}"
-                   + (f", synthetic from {generator}" if generator != "none" else ""))
+                                synthetic=str(synthetic) if synthetic else "", synthetic_fraction=fraction,
+                                steps=steps)
+        stages.run(rel, c, upstream=upstream, what=f"segmenter {model}, {regime}, N={n or n_real}, seed {seed}, "
+                   f"{steps} steps" + (f", synthetic from {generator}" if generator != "none" else ""))
         runs.append({"stage": rel, "generator": generator, "model": model, "regime": regime,
-                     "N": n or n_real, "seed": seed, "protocol": protocol})
+                     "N": n or n_real, "seed": seed, "protocol": protocol, "steps": steps,
+                     "exposure": "paper replace" if regime == "replace" else
+                     exposure if steps != base_steps[model] else "base"})
         return rel
 
     # 4a. the real-only segmenter of the first seed doubles as the label-consistency judge.
@@ -439,38 +487,49 @@ def run(config, workdir: pathlib.Path) -> dict:
                         segment(model, regime, None, seed, generator=name, synthetic=generated[name],
                                 upstream=(f"generated/{name}",))
 
-    # 4c. the low-data sweep: N real pairs, r synthetic per real pair, under both protocols.
+    # 4c. the low-data sweep at N real pairs. What each protocol may use: only the generator's
+    # weights may have seen more than the N (paper: all training pairs; same_data: the N); frames
+    # painted into and source masks come from the N; both get r x N synthetic pairs.
     low = s.low_data
     r = float(low.synthetic_per_real)
     for n in low.sizes:
         if not n or n >= n_real:
             continue  # "all" is the full-set grid above
         subset = _subset_folder(workdir, config, int(n))
-        same = {}
-        if "same_data" in low.protocols:
-            subset_masks = _masks_folder(subset) if masks is not None else None
+        subset_spec = f"{subset}@all"  # the folder as it is: a bare path would be hash-split again
+        subset_masks = _masks_folder(subset) if masks is not None else None
+        count = max(2, int(round(r * n)))
+        at_n = {}  # (protocol, set name) -> (label, folder)
+        for protocol in low.protocols:
             for g in config.generators:
-                gdir = stages.run(f"generators/{g}-N{n}", generator_config(config, g, train=str(subset)),
-                                  what=f"train generator {g} on the N={n} subset (same-data protocol)")
+                if protocol == "paper":
+                    gdir, gstage = gdirs[g], f"generators/{g}"
+                else:
+                    gstage = f"generators/{g}-N{n}"
+                    gdir = stages.run(gstage, generator_config(config, g, train=subset_spec),
+                                      what=f"train generator {g} on the N={n} subset (same-data protocol)")
                 for name, gen, mode in sets:
                     if gen != g:
                         continue
-                    # Only the N pairs this protocol may see, also as the frames to paint into.
-                    c = generate_config(config, gdir, max(2, int(round(r * n))), mode, subset_masks, real=str(subset))
-                    same[name] = stages.run(f"generated/{name}-N{n}", c, upstream=(f"generators/{g}-N{n}",),
-                                            what=f"generate with {g}-N{n} ({mode})")
+                    label = f"{name}-N{n}" if protocol == "same_data" else f"{name}-N{n}-paper"
+                    c = generate_config(config, gdir, count, mode, subset_masks, real=subset_spec)
+                    at_n[protocol, name] = (label, stages.run(
+                        f"generated/{label}", c, upstream=(gstage,),
+                        what=f"generate {count} pairs with {gen}{'' if protocol == 'paper' else f'-N{n}'} ({mode}), "
+                             f"frames and masks from the N={n} subset"))
         for model in models:
             for seed in s.seeds:
                 for regime in low.regimes:
                     if regime in REAL_REGIMES:
-                        segment(model, regime, n, seed, protocol="low_data", train=str(subset))
+                        segment(model, regime, n, seed, protocol="low_data", train=subset_spec,
+                                fraction=r / (1.0 + r), regimes=low.regimes)
                         continue
                     for name in generated:
                         for protocol in low.protocols:
-                            source, label = ((generated[name], name) if protocol == "paper"
-                                             else (same[name], f"{name}-N{n}"))
-                            segment(model, regime, n, seed, generator=label, protocol=protocol, train=str(subset),
-                                    synthetic=source, upstream=(f"generated/{label}",), fraction=r / (1.0 + r))
+                            label, source = at_n[protocol, name]
+                            segment(model, regime, n, seed, generator=label, protocol=protocol, train=subset_spec,
+                                    synthetic=source, upstream=(f"generated/{label}",), fraction=r / (1.0 + r),
+                                    regimes=low.regimes)
 
     review = None
     if config.get("review", {}).get("enabled"):

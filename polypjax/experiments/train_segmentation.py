@@ -30,6 +30,21 @@ def data_sources(config) -> list[tuple[str, str, str]]:
     return out + [("data.test", spec, "test") for spec in split_specs(d.test)]
 
 
+def exposure(config, task) -> dict:
+    """What the run's training stream held and how many real images it showed: the numbers a
+    low-data or exposure-matched comparison rests on (the stream mixes in exact proportions)."""
+    kind, sources_, weights = config.regime.kind, task.train_sources, task.weights
+    real = None if kind == "synthetic" else sources_[0]
+    synthetic = task.replace_source if kind == "replace" else sources_[-1] if kind in ("synthetic", "mixed") else None
+    share = {"synthetic": 0.0, "replace": 1.0 - float(config.regime.alpha)}.get(kind, 1.0)
+    if kind == "mixed":
+        share = float(weights[0]) / float(sum(weights))
+    seen = int(config.train.num_steps) * int(config.data.batch_size)
+    return {"real_pairs": None if real is None else len(real),
+            "synthetic_pairs": None if synthetic is None else len(synthetic),
+            "images_seen": seen, "real_images_seen": int(round(seen * share))}
+
+
 def run(config, workdir: pathlib.Path) -> dict:
     task = segmentation.SegmentationTask(config, workdir)
     loop.train(task, config, workdir)
@@ -37,7 +52,8 @@ def run(config, workdir: pathlib.Path) -> dict:
     results = task.last_results
     if jax.process_index() == 0:
         summary = {"model": config.model.name, "regime": config.regime.kind, "train": config.data.train,
-                   "synthetic": config.data.synthetic, "num_steps": config.train.num_steps, "test": results}
+                   "synthetic": config.data.synthetic, "num_steps": config.train.num_steps,
+                   "exposure": exposure(config, task), "test": results}
         export.atomic_write_text(pathlib.Path(workdir) / "results.json", json.dumps(summary, indent=2) + "\n")
         for name, r in results.items():
             print(f"{name}: mDice {r['mDice']:.4f}  mIoU {r['mIoU']:.4f}  dice {r['dice']:.4f}  "

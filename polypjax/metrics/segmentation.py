@@ -133,10 +133,10 @@ class SegmentationMetrics(metrics.Metric):
     @classmethod
     def from_model_output(
         cls, logits: jax.Array, masks: jax.Array, valid: jax.Array | None = None, *,
-        from_logits: bool = True, threshold: float = 0.5, **_,
+        from_logits: bool = True, threshold: float = 0.5, empty: str = "one", **_,
     ) -> "SegmentationMetrics":
         counts = confusion_counts(logits, masks, valid, from_logits=from_logits, threshold=threshold)
-        dice, iou = per_image_scores(counts, empty="one")
+        dice, iou = per_image_scores(counts, empty=empty)
         valid = counts["valid"]
         per_image = jnp.stack([counts[k] for k in COUNT_KEYS])  # [4, N]
         # Split per image before summing so no int32 sum can overflow (see _LIMB_BITS).
@@ -185,17 +185,18 @@ class SegmentationMetrics(metrics.Metric):
 
 def accumulate(
     metric: SegmentationMetrics | None, logits, masks, valid=None, *, from_logits: bool = True,
-    threshold: float = 0.5,
+    threshold: float = 0.5, empty: str = "one",
 ) -> SegmentationMetrics:
     """Eval-loop step: ``metric`` (None to start) merged with one batch's metric, as one compiled
-    program (run op by op, the two dozen small array ops each compile on first use: seconds per run)."""
+    program (run op by op, the two dozen small array ops each compile on first use: seconds per run).
+    ``empty``: how an image whose prediction and mask are both empty scores (module doc)."""
     if valid is None:
         valid = np.ones((np.shape(logits)[0],), bool)
     return _accumulate(SegmentationMetrics.empty() if metric is None else metric, logits, masks, valid,
-                       from_logits=from_logits, threshold=threshold)
+                       from_logits=from_logits, threshold=threshold, empty=empty)
 
 
-@functools.partial(jax.jit, static_argnames=("from_logits", "threshold"))
-def _accumulate(metric, logits, masks, valid, *, from_logits, threshold):
+@functools.partial(jax.jit, static_argnames=("from_logits", "threshold", "empty"))
+def _accumulate(metric, logits, masks, valid, *, from_logits, threshold, empty):
     return metric.merge(SegmentationMetrics.from_model_output(
-        logits, masks, valid, from_logits=from_logits, threshold=threshold))
+        logits, masks, valid, from_logits=from_logits, threshold=threshold, empty=empty))

@@ -35,7 +35,7 @@ def training_sources(config):
     if r.kind != "synthetic":
         real = catalog.make_source(c.train, c, default_split="train", seed=config.seed)
         if r.real_subset:
-            real = sources.random_subset(real, r.real_subset, seed=config.seed)
+            real = sources.random_subset(real, r.real_subset, seed=catalog.data_seed(c, config.seed))
     synth = catalog.make_source(c.synthetic, c, default_split="all", seed=config.seed) if c.synthetic else None
     if r.kind in ("real", "real_augment"):
         return [real], None, None
