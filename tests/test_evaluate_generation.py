@@ -113,6 +113,8 @@ def test_without_weights_fid_unavailable_other_metrics_present(folders, tmp_path
     assert copy["segmenter_features"]["colour"]["mean_abs_error"] == pytest.approx([0, 0, 0], abs=1e-9)
     assert max(noise["segmenter_features"]["colour"]["mean_abs_error"]) > 20
     assert noise["segmenter_features"]["fd"] > copy["segmenter_features"]["fd"]
+    # Scored with as many images as the real-vs-real bound, not all N: FD falls with the count.
+    assert copy["segmenter_features"]["num_images"] == noise["segmenter_features"]["num_images"] == N // 2
     assert "| real vs real (baseline) | 3 |" in md and "| colour-matched noise (baseline) | 3 |" in md
     assert md.count("| centroid_y |") == 1 and md.count("| centroid_x |") == 1
 

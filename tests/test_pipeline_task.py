@@ -196,3 +196,20 @@ def test_low_data_runs_see_only_their_n_real_pairs_and_full_real_exposure(finish
     full_real = json.loads((workdir / JUDGE / "results.json").read_text())["exposure"]
     full_mixed = json.loads((workdir / "segmentation/joint/unet/mixed/all/0/results.json").read_text())["exposure"]
     assert full_mixed["real_images_seen"] == full_real["real_images_seen"] and full_real["real_pairs"] == 12
+
+
+def test_compute_counts_unet_calls_and_report_reads_label_mdice_against_held_out_real(finished):
+    import numpy as np
+    from polypjax.diffusion import samplers
+    workdir, _ = finished
+    inpaint = json.loads((workdir / "generated/joint-inpaint/generation.json").read_text())
+    p = _stage(workdir, "generated/joint-inpaint")["config"]["generate"]["inpaint"]  # an earlier test changes it
+    calls = int((np.diff(samplers.repaint_times(p["steps"], p["jump_length"], p["jump_n_sample"])) < 0).sum())
+    assert inpaint["unet_calls_per_pair"] == calls
+    assert _stage(workdir, "generated/joint-inpaint")["compute"]["steps"] == 12 * calls
+    sample = json.loads((workdir / "generated/joint/generation.json").read_text())
+    assert _stage(workdir, "generated/joint")["compute"]["steps"] == 12 * sample["unet_calls_per_pair"]
+    md = (workdir / "report" / "report.md").read_text()
+    judged = json.loads((workdir / JUDGE / "results.json").read_text())["test"]["phantom-a@test"]["mDice"]
+    assert f"| {judged:.3f} (phantom-a@test) |" in md
+    assert "| whole frame |" in md and "(rest real) |" in md

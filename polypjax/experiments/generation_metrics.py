@@ -176,7 +176,9 @@ def segmenter_feature_report(real_source, generated: list, predict, *, batch_siz
     with; half A against B is the real-vs-real value (what a perfect generator scores, sampling
     noise included), and Gaussian noise with the real per-channel colour statistics (as many
     frames as half A) against B the value of a generator that only learnt the colours.
-    Returns (baselines with the real colour statistics, one {fd, kid, colour} per generated set).
+    A generated set larger than half A is scored on a seeded subset of that size (FD is biased by
+    the sample size, so unequal sizes would favour the larger set).
+    Returns (baselines with the real colour statistics, one {fd, kid, num_images, colour} per set).
     """
     size = int(predict.image_size)
     scan = functools.partial(segmenter_scan, predict=predict, image_size=size, batch_size=batch_size, mesh=mesh)
@@ -196,8 +198,12 @@ def segmenter_feature_report(real_source, generated: list, predict, *, batch_siz
         "real_colour": real_colour,
     }
     results = []
-    for name, source in generated:
+    for k, (name, source) in enumerate(generated):
         feats, colour = scan(source, name=name)
         colour["mean_abs_error"] = np.abs(np.subtract(colour["mean"], real_colour["mean"])).tolist()
-        results.append({**dist(feats), "colour": colour})
+        # FD shrinks with the number of images: a set is scored with as many as the real-vs-real
+        # bound (half A), so that it is compared with that bound on equal terms.
+        if len(feats) > len(half_a):
+            feats = feats[np.random.default_rng([seed, 31, k]).permutation(len(feats))[: len(half_a)]]
+        results.append({**dist(feats), "num_images": len(feats), "colour": colour})
     return baselines, results

@@ -8,6 +8,8 @@ config built from its `configs/*.py` plus the pipeline's overrides:
     generated/<set>                     generate: one synthetic set per generator and mode of
                                         `generate.modes`; <set> is <g> for `sample` and <g>-<mode>
                                         otherwise (`inpaint`: RePaint into the real training frames)
+    generated/<set>-N<n>[-paper]        r x N pairs for the low-data runs at N (same_data / paper
+                                        protocol), painted into frames of the N subset only
     evaluation/<set>                    evaluate_generation against the real training set
     segmentation/<g|none>/<model>/<regime>/<N|all>/<seed>   train_segmentation, scored on every test set
     data/subsets/N<n>                   the real pairs of the low-data sweep (one fixed subset per N)
@@ -250,8 +252,11 @@ class Stages:
              "flops_per_step": None, "train_flops": None}
         if "train" in config and "num_steps" in config.train:
             c["steps"] = int(config.train.num_steps)
-        elif "generate" in config:
-            c["steps"] = int(config.generate.num_samples) * int(config.generate.sampler.steps)
+        elif "generate" in config and (out / "generation.json").exists():
+            # UNet calls, from what the stage did: RePaint's jumps and two-stage's second network
+            # make it differ from pairs x sampler steps; rejected pairs were sampled too.
+            g = json.loads((out / "generation.json").read_text())
+            c["steps"] = (int(g.get("num_pairs", 0)) + int(g.get("rejected", 0))) * int(g.get("unet_calls_per_pair", 0))
         if (out / "compute.json").exists():
             flops = json.loads((out / "compute.json").read_text()).get("flops_per_step")
             c["flops_per_step"] = flops

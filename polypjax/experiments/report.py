@@ -87,10 +87,31 @@ def low_data_table(agg: list[dict]) -> tuple[list[str], list[list]]:
     return header, body
 
 
+def _judge_heldout(rep: dict) -> str:
+    """The label-consistency judge's mDice on real frames it did not train on (its first test set):
+    the reference a generated set's label mDice is read against."""
+    wd = (rep.get("settings") or {}).get("segmenter_workdir")
+    path = pathlib.Path(wd) / "results.json" if wd else None
+    if path is None or not path.exists():
+        return "–"
+    test = json.loads(path.read_text()).get("test") or {}
+    name, r = next(iter(test.items()), (None, None))
+    return "–" if r is None else f"{r['mDice']:.3f} ({name})"
+
+
+def _painted_area(folder: pathlib.Path) -> str:
+    """Mean share of each frame the generator painted: inpainted frames are real outside it, so
+    their colour error and segFD sit near real by construction and say little about the painting."""
+    fractions = [json.loads(line)["region"]["fraction"] for m in sorted(folder.glob("manifest*.jsonl"))
+                 for line in m.read_text().splitlines() if '"region"' in line]
+    return "whole frame" if not fractions else f"{np.mean(fractions):.0%} (rest real)"
+
+
 def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list[str], list[list], dict]:
     header = ["generator", "pairs", "FID", "KID", "MS-SSIM (real)", "MS-SSIM (generated)",
               "mask area (real / gen)", "W1 area", "W1 components",
-              "label mDice (chance)", "segFD (real vs real / noise)", "colour error"]
+              "label mDice (chance)", "judge on held-out real", "painted area", "segFD (real vs real / noise)",
+              "colour error"]
     body, reports = [], {}
     for g in generators:
         path = workdir / "evaluation" / g / "generation_metrics.json"
@@ -112,6 +133,7 @@ def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list
                          f"{_num(ms_r.get('area_fraction'))} / {_num(ms_g.get('area_fraction'))}",
                          _num(w1.get("area_fraction")), _num(w1.get("num_components")),
                          f"{_num(lc.get('mDice'))} ({_num(lc.get('chance_mDice'))})",
+                         _judge_heldout(rep), _painted_area(workdir / "generated" / g),
                          f"{_num(seg.get('fd'))} ({_num((bounds.get('real_vs_real') or {}).get('fd'))} / "
                          f"{_num((bounds.get('noise') or {}).get('fd'))})",
                          _num(max(seg["colour"]["mean_abs_error"]), 1) if seg else "–"])
@@ -123,7 +145,7 @@ def _num(v, digits=3) -> str:
 
 
 def compute_table(stages: dict) -> tuple[list[str], list[list]]:
-    header = ["stage", "task", "wall s", "CPU s", "steps", "devices", "train GFLOP", "runs"]
+    header = ["stage", "task", "wall s", "CPU s", "steps (generate: UNet calls)", "devices", "train GFLOP", "runs"]
     body = []
     for rel, rec in stages.items():
         c = rec.get("compute") or {}
@@ -278,7 +300,10 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
     sections.append(("Generation metrics (against the real training set)",
                      "Per generator; sample grids: real pairs left, generated right (frame | mask | overlay). FID/KID need the FID Inception weights. MS-SSIM: lower = more diverse; "
                      "compare with the real set's own. Label mDice: a segmenter trained on real data scored "
-                     "against the generated masks (chance: against another pair's mask). segFD: Fréchet "
+                     "against the generated masks (chance: against another pair's mask; a pair with an empty "
+                     "mask scores 0), beside what that segmenter scores on held-out real frames. Painted "
+                     "area: inpainted frames are real outside it, so their colour and segFD sit near real "
+                     "by construction. segFD: Fréchet "
                      "distance in that segmenter's pooled encoder features to half the real set, beside the "
                      "other half (real vs real) and colour-matched noise; colour error: max over RGB of "
                      "|mean − real mean|, 0-255 levels.",
@@ -366,7 +391,7 @@ def _segmenter_feature_lines(report: dict) -> list[str]:
         f = r.get("segmenter_features")
         if f:
             c = f["colour"]
-            lines.append(f"| {r['name']} | {r['num_images']} | {_num(f['fd'], 3)} | {f['kid']['mean']:.4f} ± "
+            lines.append(f"| {r['name']} | {f.get('num_images', r['num_images'])} | {_num(f['fd'], 3)} | {f['kid']['mean']:.4f} ± "
                          f"{f['kid']['std']:.4f} | {_rgb(c['mean'])} | {_rgb(c['std'])} | {_rgb(c['mean_abs_error'])} |")
     return lines
 
