@@ -51,6 +51,11 @@ def get_config(variant: str = "cpu"):
         # "matched": a mixed run gets the steps that show it as many real images as real-only, and
         # the baselines it is compared with the same total; "same_steps": every run the same count.
         "exposure": "matched",
+        # fraction > 0: that share of the real training pairs is set aside (outside every training
+        # set and subset) and one real-only run per model and N, evaluated on it every eval_every
+        # steps up to max_steps, sets the step count at that N: the first step within tolerance of
+        # the curve's best. 0: every run at the overrides' num_steps.
+        "validation": {"fraction": 0.0, "max_steps": 600, "eval_every": 50, "tolerance": 0.01},
         "seeds": (0, 1),
         "low_data": {"sizes": (16, 64), "synthetic_per_real": 1.0, "regimes": ("real", "mixed"),
                      "protocols": ("paper",)},

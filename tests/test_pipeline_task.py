@@ -213,3 +213,45 @@ def test_compute_counts_unet_calls_and_report_reads_label_mdice_against_held_out
     judged = json.loads((workdir / JUDGE / "results.json").read_text())["test"]["phantom-a@test"]["mDice"]
     assert f"| {judged:.3f} (phantom-a@test) |" in md
     assert "| whole frame |" in md and "(rest real) |" in md
+
+
+def test_validation_pairs_set_step_counts_and_stay_out_of_training(tmp_path):
+    """segmentation.validation: a fixed share of the real pairs is set aside; one real-only run per
+    N on it sets that N's step count (plateau), the mixed run trains for the exposure-matched count,
+    and no segmenter, subset or generation stage reads the validation pairs."""
+    from polypjax.data.sources import FolderSource
+    from polypjax.experiments import pipeline
+    workdir = tmp_path / "run"
+    _run(workdir, "--config.generate.modes=('sample',)", "--config.segmentation.validation.fraction=0.25",
+         "--config.segmentation.validation.max_steps=6", "--config.segmentation.validation.eval_every=2")
+    ids = {name: {p["id"] for p in (lambda f: [f[i] for i in range(len(f))])(FolderSource(workdir / "data" / name))}
+           for name in ("validation", "pool", "subsets/N6")}
+    assert len(ids["validation"]) == 3 and len(ids["pool"]) == 9 and not ids["validation"] & ids["pool"]
+    assert ids["subsets/N6"] <= ids["pool"]
+    for n in ("all", "6"):
+        plateau = _stage(workdir, f"segmentation/plateau/unet/{n}")
+        assert plateau["config"]["data"]["test"] == f"{workdir / 'data' / 'validation'}@all"
+        curve = pipeline.validation_curve(workdir / f"segmentation/plateau/unet/{n}", "validation@all")
+        assert [s for s, _ in curve] == [2, 4, 6]
+        chosen = pipeline.plateau_step(curve, 0.01)
+        real = json.loads((workdir / f"segmentation/none/unet/real/{n}/0/results.json").read_text())
+        assert real["num_steps"] == chosen and real["train"].endswith("@all")
+        generator = "joint" if n == "all" else "joint-N6-paper"
+        mixed = json.loads((workdir / f"segmentation/{generator}/unet/mixed/{n}/0/results.json").read_text())
+        assert mixed["num_steps"] == pipeline.exposure_steps(chosen, 0.5, "matched")
+        assert mixed["exposure"]["real_images_seen"] == real["exposure"]["real_images_seen"]
+    for stage in (workdir / "segmentation").glob("*/unet/*/*/*/stage.json"):
+        train = json.loads(stage.read_text())["config"]["data"]["train"]
+        assert "data/validation" not in train and train.endswith("@all"), stage
+    assert len(FolderSource(workdir / "generated/joint")) == 9  # multiple x the pool
+    md = (workdir / "report" / "report.md").read_text()
+    assert "## Step counts from the real-only validation curve" in md
+    assert (workdir / "report" / "figures" / "plateau.png").exists()
+
+
+def test_plateau_step_is_the_first_within_tolerance():
+    from polypjax.experiments import pipeline
+    curve = [(50, 0.40), (100, 0.61), (150, 0.655), (200, 0.66), (250, 0.64)]
+    assert pipeline.plateau_step(curve, 0.01) == 150
+    assert pipeline.plateau_step(curve, 0.0) == 200
+    assert pipeline.plateau_step(curve, 0.3) == 50

@@ -34,6 +34,7 @@ import shutil
 import time
 
 import ml_collections
+import numpy as np
 
 from polypjax import configlib, tasks
 from polypjax.configlib import ConfigError
@@ -302,19 +303,26 @@ def _main_module():
     return importlib.import_module("polypjax.main")
 
 
+def _folder_source(folder: pathlib.Path):
+    from polypjax.data.sources import FolderSource
+    return FolderSource(folder)
+
+
 def _real_count(config) -> int:
     from polypjax.data import catalog
     return len(catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed))
 
 
-def _subset_folder(workdir: pathlib.Path, config, n: int) -> pathlib.Path:
-    """data/subsets/N<n>: one fixed random subset of the real training pairs, written once as a
-    folder, so the low-data segmenters and the "same data" generator see exactly these pairs."""
+def _subset_folder(workdir: pathlib.Path, config, n: int, train: str | None = None) -> pathlib.Path:
+    """data/subsets/N<n>: one fixed random subset of the real training pairs (of `train`, the pool
+    outside the validation pairs when there are some), written once as a folder, so the low-data
+    segmenters and the "same data" generator see exactly these pairs."""
     from polypjax.data import catalog, sources
+    train = train or config.data.train
     out = workdir / "data" / "subsets" / f"N{n}"
     done = out / "subset.json"
-    key = {"train": config.data.train, "n": n, "seed": config.seed, "image_size": config.data.image_size}
-    real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
+    key = {"train": train, "n": n, "seed": config.seed, "image_size": config.data.image_size}
+    real = catalog.make_source(train, config.data, default_split="train", seed=config.seed)
     if n > len(real):
         raise ConfigError(f"config.segmentation.low_data.sizes: {n} > the {len(real)} real training pairs")
 
@@ -328,6 +336,59 @@ def _subset_folder(workdir: pathlib.Path, config, n: int) -> pathlib.Path:
         export.atomic_write_text(done, json.dumps(key) + "\n")
     _on_main(write, f"subset N{n}")
     return out
+
+
+def _validation_split(workdir: pathlib.Path, config, fraction: float) -> tuple[pathlib.Path, pathlib.Path]:
+    """data/pool and data/validation: one fixed seeded split of the real training pairs. The
+    validation pairs are outside every segmenter's training data and every low-data subset; they
+    serve only to choose step counts (the plateau), so the test sets are read once, at the end."""
+    from polypjax.data import catalog, sources
+    real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
+    n_val = max(2, int(round(fraction * len(real))))
+    if n_val >= len(real) - 1:
+        raise ConfigError(f"config.segmentation.validation.fraction={fraction}: {n_val} of {len(real)} real "
+                          "training pairs would leave too few to train on")
+    seed = catalog.data_seed(config.data, config.seed)
+    order = np.random.default_rng([seed, 4241]).permutation(len(real))
+    folders = {"validation": np.sort(order[:n_val]), "pool": np.sort(order[n_val:])}
+    out = {}
+    for name, idx in folders.items():
+        folder = workdir / "data" / name
+        done = folder / "split.json"
+        key = {"train": config.data.train, "fraction": fraction, "seed": seed, "image_size": config.data.image_size,
+               "part": name}
+
+        def write(folder=folder, done=done, key=key, idx=idx, name=name):
+            if done.exists() and json.loads(done.read_text()) == key:
+                return
+            if folder.exists():
+                shutil.rmtree(folder)
+            export.write_source(sources.SubsetSource(real, idx), folder, desc=f"real {name} pairs")
+            export.atomic_write_text(done, json.dumps(key) + "\n")
+        _on_main(write, f"split {name}")
+        out[name] = folder
+    return out["pool"], out["validation"]
+
+
+def validation_curve(stage_dir: pathlib.Path, test_name: str) -> list[tuple[int, float]]:
+    """(step, validation mDice) of a plateau run, from its metrics.jsonl (last value per step: a
+    resumed run appends again)."""
+    key, curve = f"eval/{test_name}/mDice", {}
+    path = pathlib.Path(stage_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        record = json.loads(line)
+        if key in record:
+            curve[int(record["step"])] = float(record[key])
+    return sorted(curve.items())
+
+
+def plateau_step(curve: list[tuple[int, float]], tolerance: float) -> int:
+    """The first evaluated step whose validation mDice is within `tolerance` of the curve's best:
+    more steps than this would not help the real-only run by more than that."""
+    if not curve:
+        raise ValueError("the plateau run recorded no validation scores")
+    best = max(v for _, v in curve)
+    return next(step for step, v in curve if v >= best - tolerance)
 
 
 def _real_folder(workdir: pathlib.Path, config) -> pathlib.Path:
@@ -398,6 +459,12 @@ def validate(config) -> None:
         if regime not in REAL_REGIMES + SYNTHETIC_REGIMES:
             raise ConfigError(f"config.segmentation.regimes: {regime!r} is unknown; choose from "
                               f"{REAL_REGIMES + SYNTHETIC_REGIMES}")
+    if s.get("validation"):
+        v = s.validation
+        configlib.check_number(config, "segmentation.validation.fraction", 0, 0.5, high_open=True)
+        configlib.check_number(config, "segmentation.validation.eval_every", 1, integer=True)
+        configlib.check_number(config, "segmentation.validation.max_steps", int(v.eval_every), integer=True)
+        configlib.check_number(config, "segmentation.validation.tolerance", 0)
     if s.get("exposure", "matched") not in EXPOSURES:
         raise ConfigError(f"config.segmentation.exposure={s.exposure!r}; choose one of {EXPOSURES}")
     for p in s.low_data.protocols:
@@ -431,36 +498,67 @@ def run(config, workdir: pathlib.Path) -> dict:
     stages = Stages(workdir)
     s = config.segmentation
     models = list(s.models)
-    n_real = _real_count(config)
+    val = s.get("validation") or {}
+    validating = float(val.get("fraction", 0.0)) > 0
+    train_spec = validation_spec = None  # None: config.data.train, as it is
+    if validating:  # segmenters train on the pool; the validation pairs only choose step counts
+        pool, validation = _validation_split(workdir, config, float(val.fraction))
+        train_spec, validation_spec = f"{pool}@all", f"{validation}@all"
+    n_real = _real_count(config) if not validating else len(_folder_source(pool))
     runs = []  # (stage path, generator, model, regime, N, seed, protocol)
 
     # 1-2. generators, and their synthetic sets (N x the real count) in every configured mode.
     sets = synthetic_sets(config)
     gdirs, generated = {}, {}
-    masks = _masks_folder(_real_folder(workdir, config)) if any(m == "from_masks" for _, _, m in sets) else None
+    masks = (_masks_folder(pool if validating else _real_folder(workdir, config))
+             if any(m == "from_masks" for _, _, m in sets) else None)
     for g in config.generators:
         gdirs[g] = stages.run(f"generators/{g}", generator_config(config, g), what=f"train generator {g}")
     for name, g, mode in sets:
         generated[name] = stages.run(
-            f"generated/{name}", generate_config(config, gdirs[g], config.generate.multiple * n_real, mode, masks),
+            f"generated/{name}", generate_config(config, gdirs[g], config.generate.multiple * n_real, mode, masks,
+                                                 real=train_spec),
             upstream=(f"generators/{g}",), what=f"generate {config.generate.multiple:g} x {n_real} pairs with {g} ({mode})")
+
+    # The real-only step count at each N: one run per model and N on the validation pairs, read once.
+    plateaus = {}
+
+    def base_for(model, n, train):
+        if not validating:
+            return base_steps[model]
+        if (model, n) not in plateaus:
+            rel = f"segmentation/plateau/{model}/{'all' if n is None else n}"
+            c = segmentation_config(config, model, "real", seed=s.seeds[0], train=train, steps=int(val.max_steps))
+            c.data.test = validation_spec
+            c.train.eval_every = int(val.eval_every)
+            stages.run(rel, c, what=f"real-only {model} at N={n or n_real} to {val.max_steps} steps, "
+                                    "scored on the validation pairs (plateau)")
+            from polypjax.data.catalog import display_name
+            curve = validation_curve(workdir / rel, display_name(validation_spec, "test"))
+            plateaus[model, n] = {"model": model, "N": n or n_real, "stage": rel, "curve": curve,
+                                  "tolerance": float(val.tolerance),
+                                  "steps": plateau_step(curve, float(val.tolerance))}
+        return plateaus[model, n]["steps"]
 
     exposure = s.get("exposure", "matched")
     base_steps = {m: int(segmentation_config(config, m, "real", seed=s.seeds[0]).train.num_steps) for m in models}
 
-    def steps_for(model, regime, regimes, fraction):
+    def steps_for(base, regime, regimes, fraction):
         """Real-only runs at the base count; a mixed run at the count that shows it as many real
         images, and the baselines it is compared with at that same total (exposure-matched); the
         synthetic-only and the paper's replace regime at the base count."""
         if regime == "real" or regime in ("synthetic", "replace") or "mixed" not in regimes:
-            return base_steps[model]
-        return exposure_steps(base_steps[model], fraction, exposure)
+            return base
+        return exposure_steps(base, fraction, exposure)
 
     def segment(model, regime, n, seed, generator="none", protocol="full", train=None, synthetic=None,
                 upstream=(), fraction=None, regimes=s.regimes):
         rel = f"segmentation/{generator}/{model}/{regime}/{'all' if n is None else n}/{seed}"
         f = float(s.synthetic_fraction if fraction is None else fraction)
-        steps = steps_for(model, regime, regimes, f)
+        train = train or train_spec
+        base = base_for(model, n, train)
+        upstream = tuple(upstream) + ((plateaus[model, n]["stage"],) if validating else ())
+        steps = steps_for(base, regime, regimes, f)
         c = segmentation_config(config, model, regime, seed=seed, train=train,
                                 synthetic=str(synthetic) if synthetic else "", synthetic_fraction=fraction,
                                 steps=steps)
@@ -469,7 +567,7 @@ def run(config, workdir: pathlib.Path) -> dict:
         runs.append({"stage": rel, "generator": generator, "model": model, "regime": regime,
                      "N": n or n_real, "seed": seed, "protocol": protocol, "steps": steps,
                      "exposure": "paper replace" if regime == "replace" else
-                     exposure if steps != base_steps[model] else "base"})
+                     exposure if steps != base else "base"})
         return rel
 
     # 4a. the real-only segmenter of the first seed doubles as the label-consistency judge.
@@ -500,7 +598,7 @@ def run(config, workdir: pathlib.Path) -> dict:
     for n in low.sizes:
         if not n or n >= n_real:
             continue  # "all" is the full-set grid above
-        subset = _subset_folder(workdir, config, int(n))
+        subset = _subset_folder(workdir, config, int(n), train=train_spec)
         subset_spec = f"{subset}@all"  # the folder as it is: a bare path would be hash-split again
         subset_masks = _masks_folder(subset) if masks is not None else None
         count = max(2, int(round(r * n)))
@@ -543,7 +641,8 @@ def run(config, workdir: pathlib.Path) -> dict:
 
     # 6. the report (always rebuilt: it is cheap and reads only finished stages), by process 0.
     summary = {"config": config.to_dict(), "num_real_train": n_real, "runs": runs,
-               "stages": stages.records, "generators": list(generated), "review": review}
+               "stages": stages.records, "generators": list(generated), "review": review,
+               "plateaus": list(plateaus.values())}
 
     def write_report():
         print("[pipeline] stage report", flush=True)

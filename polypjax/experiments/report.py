@@ -194,7 +194,8 @@ def figures(workdir: pathlib.Path, summary: dict, agg: list[dict]) -> dict[str, 
             curves: dict[tuple, list] = {}
             for a in agg:
                 if a["test_set"] == t and (a["regime"] in summary["config"]["segmentation"]["low_data"]["regimes"]):
-                    label = a["regime"] if a["generator"] == "none" else f"{a['regime']} ({a['protocol']}, {a['generator']})"
+                    label = a["regime"] if a["generator"] == "none" else \
+                        f"{a['regime']} ({a['protocol']}, {_set_of(a['generator'])})"
                     if a["N"] == n_all and a["generator"] != "none":
                         label = f"{a['regime']} (paper, {a['generator']})"
                     curves.setdefault((a["model"], label), []).append(a)
@@ -212,7 +213,41 @@ def figures(workdir: pathlib.Path, summary: dict, agg: list[dict]) -> dict[str, 
     loss = _loss_curves(workdir, summary)
     if loss is not None:
         out["training_loss.png"] = loss
+    if summary.get("plateaus"):
+        out["plateau.png"] = _plateau_figure(summary["plateaus"], plt)
     return out
+
+
+def _set_of(label: str) -> str:
+    """The synthetic set a low-data label was made from (`joint-inpaint-N50-paper` -> `joint-inpaint`),
+    so one curve joins its points over N."""
+    import re
+    return re.sub(r"-N\d+(-paper)?$", "", label)
+
+
+def _plateau_figure(plateaus: list[dict], plt) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for p in plateaus:
+        steps, values = zip(*p["curve"]) if p["curve"] else ((), ())
+        line, = ax.plot(steps, values, marker=".", label=f"{p['model']}, N={p['N']}")
+        ax.axvline(p["steps"], color=line.get_color(), ls="--", lw=1)
+    ax.set_xlabel("training steps (real only)")
+    ax.set_ylabel("validation mDice")
+    ax.set_title("real-only validation curves; dashed: the step count chosen")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plateau_table(plateaus: list[dict]) -> tuple[list[str], list[list]]:
+    header = ["model", "N real", "steps chosen", "validation mDice there", "best (at step)", "at the last step"]
+    body = []
+    for p in plateaus:
+        curve = dict(p["curve"])
+        best = max(p["curve"], key=lambda c: c[1])
+        last = p["curve"][-1]
+        body.append([p["model"], p["N"], p["steps"], _num(curve[p["steps"]]), f"{_num(best[1])} ({best[0]})",
+                     f"{_num(last[1])} ({last[0]})"])
+    return header, body
 
 
 def _sample_grids(workdir: pathlib.Path, summary: dict) -> dict[str, bytes]:
@@ -308,6 +343,14 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
                      "other half (real vs real) and colour-matched noise; colour error: max over RGB of "
                      "|mean − real mean|, 0-255 levels.",
                      (gen_header, gen_body), [f for f in figs if f.startswith("samples_")]))
+    if summary.get("plateaus"):
+        sections.append(("Step counts from the real-only validation curve",
+                         "One real-only run per model and N, scored on the validation pairs (set aside from "
+                         "every training set; the test sets are read once, at the end). The step count at each N "
+                         f"is the first evaluated step within {summary['plateaus'][0]['tolerance']:g} mDice of "
+                         "the curve's best; mixed runs train longer so they see as many real images "
+                         "(exposure-matched), and the baselines beside them as long.",
+                         plateau_table(summary["plateaus"]), ["plateau.png"]))
     sections.append((f"Segmentation, all {n_all} real training pairs",
                      "mean ± std over seeds; Δ: mDice gain over the real-only and real + augmentation runs "
                      "of the same model and test set.", seg, ["dice_bars.png"]))
