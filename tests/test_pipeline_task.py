@@ -255,3 +255,32 @@ def test_plateau_step_is_the_first_within_tolerance():
     assert pipeline.plateau_step(curve, 0.01) == 150
     assert pipeline.plateau_step(curve, 0.0) == 200
     assert pipeline.plateau_step(curve, 0.3) == 50
+
+
+def test_a_folder_made_elsewhere_is_judged_like_a_generator(tmp_path):
+    """generators.<name>.folder: no training or generation stage; the set is checked, measured and
+    compared under the same rules (at N, a seeded r x N share of it)."""
+    from polypjax.data import export, phantom
+    from polypjax.data.sources import FolderSource
+    made = tmp_path / "made_elsewhere"
+    export.write_source(phantom.PhantomSource("phantom-c", num_examples=20, size=32, seed=3), made, progress=False)
+    workdir = tmp_path / "run"
+    script = f"""
+from polypjax import configlib, main
+c = configlib.load_config("pipeline", "mini")
+c.generators = {{"elsewhere": {{"folder": {str(made)!r}}}}}
+main.run(c, {str(workdir)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not (workdir / "generators").exists() and not (workdir / "generated").exists()
+    assert _stage(workdir, "evaluation/elsewhere")["status"] == "done"
+    full = json.loads((workdir / "segmentation/elsewhere/unet/mixed/all/0/results.json").read_text())
+    assert full["synthetic"] == str(made) and full["exposure"]["synthetic_pairs"] == 20
+    low = json.loads((workdir / "segmentation/elsewhere-N6-paper/unet/mixed/6/0/results.json").read_text())
+    share = FolderSource(workdir / "data/folder_shares/elsewhere-6")
+    assert low["exposure"]["synthetic_pairs"] == len(share) == 6
+    source_ids = {FolderSource(made)[i]["id"] for i in range(20)}
+    assert {share[i]["id"] for i in range(6)} <= source_ids
+    md = (workdir / "report" / "report.md").read_text()
+    assert "| elsewhere |" in md

@@ -51,10 +51,11 @@ SHARED_DATA = ("train", "test", "image_size", "phantom_train_examples", "phantom
 # --------------------------------------------------------------------------- stage configs
 
 def data_sources(config) -> list[tuple[str, str, str]]:
-    """The real training set and every test set, checked before the first stage starts."""
+    """The real training set, every test set and every folder entry, checked before the first stage."""
     from polypjax.data.catalog import split_specs
     return [("data.train", config.data.train, "train")] + [
-        ("data.test", spec, "test") for spec in split_specs(config.data.test)]
+        ("data.test", spec, "test") for spec in split_specs(config.data.test)] + [
+        (f"generators.{g}.folder", spec, "all") for g, spec in folder_entries(config).items()]
 
 
 def merge(base: ml_collections.ConfigDict, overrides, where: str) -> ml_collections.ConfigDict:
@@ -117,11 +118,22 @@ def _family(generator_config) -> str:
     return family(kind, kind != "gan" or bool(generator_config.gan.joint))
 
 
+def folder_entries(config) -> dict[str, str]:
+    """{name: source spec} of the generator entries that name a folder made elsewhere
+    (`generators.<name>.folder`): another model's, a ControlNet's, a hand-made set. Such a set is
+    checked, measured and compared under the same rules as the sets trained here."""
+    return {g: str(e.folder) for g, e in config.generators.items() if e.get("folder")}
+
+
 def synthetic_sets(config) -> list[tuple[str, str, str]]:
     """(set name, generator, mode) for every generator and every mode of `generate.modes` its kind
-    supports, in config order; `sample` keeps the generator's own name."""
-    out, families = [], _mode_families()
+    supports, in config order; `sample` keeps the generator's own name; a folder entry is one set
+    of mode "folder"."""
+    out, families, folders = [], _mode_families(), folder_entries(config)
     for g in config.generators:
+        if g in folders:
+            out.append((g, g, "folder"))
+            continue
         kind = _family(generator_config(config, g))
         out += [(g if mode == "sample" else f"{g}-{mode}", g, mode)
                 for mode in config.generate.modes if kind in families[mode]]
@@ -303,6 +315,29 @@ def _main_module():
     return importlib.import_module("polypjax.main")
 
 
+def _folder_share(workdir: pathlib.Path, config, name: str, spec: str, count: int) -> pathlib.Path:
+    """data/folder_shares/<name>-<count>: a seeded share of `count` pairs of a folder entry, written
+    once, so a low-data run gets r x N of its pairs like the sets made here."""
+    from polypjax.data import catalog, sources
+    out = workdir / "data" / "folder_shares" / f"{name}-{count}"
+    done = out / "share.json"
+    key = {"folder": spec, "count": count, "seed": catalog.data_seed(config.data, config.seed)}
+    pairs = catalog.make_source(spec, config.data, default_split="all", seed=config.seed)
+    if count > len(pairs):
+        raise ConfigError(f"config.generators.{name}.folder: {len(pairs)} pairs, fewer than the {count} a "
+                          "low-data run needs")
+
+    def write():
+        if done.exists() and json.loads(done.read_text()) == key:
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        export.write_source(sources.random_subset(pairs, count, seed=key["seed"]), out, desc=f"{name}: {count} pairs")
+        export.atomic_write_text(done, json.dumps(key) + "\n")
+    _on_main(write, f"share {name}")
+    return out
+
+
 def _folder_source(folder: pathlib.Path):
     from polypjax.data.sources import FolderSource
     return FolderSource(folder)
@@ -451,6 +486,12 @@ def validate(config) -> None:
     if not config.generators:
         raise ConfigError("config.generators must name at least one generator (e.g. joint)")
     for name, g in config.generators.items():
+        if g.get("folder"):
+            configlib.check_source_spec(str(g.folder), f"generators.{name}.folder")
+            from polypjax.data.catalog import parse_spec
+            if parse_spec(str(g.folder), "all").kind != "folder":
+                raise ConfigError(f"config.generators.{name}.folder={g.folder!r} must be a folder of pairs")
+            continue
         if g.get("config", "diffusion") not in GENERATOR_CONFIGS:
             raise ConfigError(f"config.generators.{name}.config={g.config!r} is unknown; choose one of {GENERATOR_CONFIGS}")
     if not s.models:
@@ -480,7 +521,9 @@ def validate(config) -> None:
     for mode in modes:
         if mode not in families:
             raise ConfigError(f"config.generate.modes: {mode!r} is unknown; choose from {tuple(families)}")
-    kinds = {g: _family(generator_config(config, g)) for g in config.generators}
+    kinds = {g: _family(generator_config(config, g)) for g in config.generators if g not in folder_entries(config)}
+    if not kinds:
+        return  # only folders made elsewhere: nothing is generated here
     for mode in modes:
         if not any(k in families[mode] for k in kinds.values()):
             raise ConfigError(f"config.generate.modes: {mode!r} needs a {' or '.join(families[mode])} generator; "
@@ -512,9 +555,14 @@ def run(config, workdir: pathlib.Path) -> dict:
     gdirs, generated = {}, {}
     masks = (_masks_folder(pool if validating else _real_folder(workdir, config))
              if any(m == "from_masks" for _, _, m in sets) else None)
+    folders = folder_entries(config)
     for g in config.generators:
-        gdirs[g] = stages.run(f"generators/{g}", generator_config(config, g), what=f"train generator {g}")
+        if g not in folders:
+            gdirs[g] = stages.run(f"generators/{g}", generator_config(config, g), what=f"train generator {g}")
     for name, g, mode in sets:
+        if mode == "folder":
+            generated[name] = folders[g]
+            continue
         generated[name] = stages.run(
             f"generated/{name}", generate_config(config, gdirs[g], config.generate.multiple * n_real, mode, masks,
                                                  real=train_spec),
@@ -573,10 +621,13 @@ def run(config, workdir: pathlib.Path) -> dict:
     # 4a. the real-only segmenter of the first seed doubles as the label-consistency judge.
     judge = segment(models[0], "real", None, s.seeds[0])
 
+    def made(name):  # the stage that made a set; none for a folder made elsewhere
+        return () if name in folders else (f"generated/{name}",)
+
     # 3. generation metrics of every synthetic set against the real training set.
     for name in generated:
         stages.run(f"evaluation/{name}", evaluate_config(config, [generated[name]], workdir / judge),
-                   upstream=(f"generated/{name}", judge), what=f"generation metrics of {name}")
+                   upstream=made(name) + (judge,), what=f"generation metrics of {name}")
 
     # 4b-5. every regime, model and seed at the full real set (each run scores every test set).
     for model in models:
@@ -588,7 +639,7 @@ def run(config, workdir: pathlib.Path) -> dict:
                 else:
                     for name in generated:
                         segment(model, regime, None, seed, generator=name, synthetic=generated[name],
-                                upstream=(f"generated/{name}",))
+                                upstream=made(name))
 
     # 4c. the low-data sweep at N real pairs. What each protocol may use: only the generator's
     # weights may have seen more than the N (paper: all training pairs; same_data: the N); frames
@@ -603,8 +654,13 @@ def run(config, workdir: pathlib.Path) -> dict:
         subset_masks = _masks_folder(subset) if masks is not None else None
         count = max(2, int(round(r * n)))
         at_n = {}  # (protocol, set name) -> (label, folder)
+        for g, spec in folders.items():  # a folder made elsewhere: a seeded r x N share of it
+            label = f"{g}-N{n}-paper"
+            at_n["paper", g] = (label, f"{_folder_share(workdir, config, g, spec, count)}@all")
         for protocol in low.protocols:
             for g in config.generators:
+                if g in folders:
+                    continue
                 if protocol == "paper":
                     gdir, gstage = gdirs[g], f"generators/{g}"
                 else:
@@ -629,10 +685,12 @@ def run(config, workdir: pathlib.Path) -> dict:
                         continue
                     for name in generated:
                         for protocol in low.protocols:
+                            if (protocol, name) not in at_n:
+                                continue  # a folder made elsewhere enters under the paper protocol only
                             label, source = at_n[protocol, name]
                             segment(model, regime, n, seed, generator=label, protocol=protocol, train=subset_spec,
-                                    synthetic=source, upstream=(f"generated/{label}",), fraction=r / (1.0 + r),
-                                    regimes=low.regimes)
+                                    synthetic=source, upstream=() if name in folders else (f"generated/{label}",),
+                                    fraction=r / (1.0 + r), regimes=low.regimes)
 
     review = None
     if config.get("review", {}).get("enabled"):
@@ -642,6 +700,7 @@ def run(config, workdir: pathlib.Path) -> dict:
     # 6. the report (always rebuilt: it is cheap and reads only finished stages), by process 0.
     summary = {"config": config.to_dict(), "num_real_train": n_real, "runs": runs,
                "stages": stages.records, "generators": list(generated), "review": review,
+               "generated_folders": {k: str(v) for k, v in generated.items()},
                "plateaus": list(plateaus.values())}
 
     def write_report():

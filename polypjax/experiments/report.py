@@ -87,6 +87,11 @@ def low_data_table(agg: list[dict]) -> tuple[list[str], list[list]]:
     return header, body
 
 
+def _set_folder(workdir: pathlib.Path, name: str, folders: dict | None) -> pathlib.Path:
+    """Where a synthetic set's pairs are: its generation stage, or a folder made elsewhere."""
+    return pathlib.Path((folders or {}).get(name) or workdir / "generated" / name)
+
+
 def _judge_heldout(rep: dict) -> str:
     """The label-consistency judge's mDice on real frames it did not train on (its first test set):
     the reference a generated set's label mDice is read against."""
@@ -107,7 +112,8 @@ def _painted_area(folder: pathlib.Path) -> str:
     return "whole frame" if not fractions else f"{np.mean(fractions):.0%} (rest real)"
 
 
-def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list[str], list[list], dict]:
+def generation_table(workdir: pathlib.Path, generators: list[str], folders: dict | None = None
+                     ) -> tuple[list[str], list[list], dict]:
     header = ["generator", "pairs", "FID", "KID", "MS-SSIM (real)", "MS-SSIM (generated)",
               "mask area (real / gen)", "W1 area", "W1 components",
               "label mDice (chance)", "judge on held-out real", "painted area", "segFD (real vs real / noise)",
@@ -133,7 +139,7 @@ def generation_table(workdir: pathlib.Path, generators: list[str]) -> tuple[list
                          f"{_num(ms_r.get('area_fraction'))} / {_num(ms_g.get('area_fraction'))}",
                          _num(w1.get("area_fraction")), _num(w1.get("num_components")),
                          f"{_num(lc.get('mDice'))} ({_num(lc.get('chance_mDice'))})",
-                         _judge_heldout(rep), _painted_area(workdir / "generated" / g),
+                         _judge_heldout(rep), _painted_area(_set_folder(workdir, g, folders)),
                          f"{_num(seg.get('fd'))} ({_num((bounds.get('real_vs_real') or {}).get('fd'))} / "
                          f"{_num((bounds.get('noise') or {}).get('fd'))})",
                          _num(max(seg["colour"]["mean_abs_error"]), 1) if seg else "–"])
@@ -260,8 +266,8 @@ def _sample_grids(workdir: pathlib.Path, summary: dict) -> dict[str, bytes]:
     k = 8
     real_pairs = [real[i] for i in range(min(k, len(real)))]
     for g in summary["generators"]:
-        folder = workdir / "generated" / g
-        if not (folder / "generation.json").exists():
+        folder = _set_folder(workdir, g, summary.get("generated_folders"))
+        if not (folder / "generation.json").exists() and g not in (summary.get("generated_folders") or {}):
             continue
         gen = FolderSource(folder)
         left = visualize.pair_grid(real_pairs, size=96)
@@ -328,7 +334,8 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
     agg = aggregate(table)
     n_all = summary["num_real_train"]
     sections = []  # (title, text, (header, body) or None, figure names)
-    gen_header, gen_body, gen_reports = generation_table(workdir, summary["generators"])
+    gen_header, gen_body, gen_reports = generation_table(workdir, summary["generators"],
+                                                         summary.get("generated_folders"))
     seg = segmentation_table(agg, n_all)
     low = low_data_table([a for a in agg if a["N"] != n_all or a["protocol"] != "full"])
     figs = figures(workdir, summary, agg)
