@@ -56,6 +56,9 @@ def get_config(variant: str = "cpu"):
         # steps up to max_steps, sets the step count at that N: the first step within tolerance of
         # the curve's best. 0: every run at the overrides' num_steps.
         "validation": {"fraction": 0.0, "max_steps": 600, "eval_every": 50, "tolerance": 0.01},
+        # A mixed run on classically augmented copies of the real pairs, at the synthetic sets' count
+        # (the N's own pairs at N): separates "more data" from "better data".
+        "augmented_copies": True,
         "seeds": (0, 1),
         "low_data": {"sizes": (16, 64), "synthetic_per_real": 1.0, "regimes": ("real", "mixed"),
                      "protocols": ("paper",)},
@@ -166,6 +169,7 @@ def _miniature(config):
     s.regimes = ("real", "mixed")
     s.seeds = (0,)
     s.low_data.update({"sizes": (6,), "regimes": ("real", "mixed")})
+    s.augmented_copies = False  # its own test turns it on
     s.overrides.data.update({"batch_size": 4})
     s.overrides.train.update({"num_steps": 4, "checkpoint_every": 2, "log_every": 2})
     config.review.enabled = False

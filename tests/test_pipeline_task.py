@@ -269,6 +269,7 @@ def test_a_folder_made_elsewhere_is_judged_like_a_generator(tmp_path):
 from polypjax import configlib, main
 c = configlib.load_config("pipeline", "mini")
 c.generators = {{"elsewhere": {{"folder": {str(made)!r}}}}}
+c.segmentation.augmented_copies = True
 main.run(c, {str(workdir)!r})
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
@@ -284,3 +285,11 @@ main.run(c, {str(workdir)!r})
     assert {share[i]["id"] for i in range(6)} <= source_ids
     md = (workdir / "report" / "report.md").read_text()
     assert "| elsewhere |" in md
+    # The augmented-copies baseline at the sets' count: 1 x the 12 real pairs, and r x N at N = 6.
+    full_copies = json.loads((workdir / "segmentation/augmented_copies/unet/mixed/all/0/results.json").read_text())
+    low_copies = json.loads((workdir / "segmentation/augmented_copies-N6/unet/mixed/6/0/results.json").read_text())
+    assert full_copies["exposure"]["synthetic_pairs"] == 12 and low_copies["exposure"]["synthetic_pairs"] == 6
+    assert low_copies["num_steps"] == low["num_steps"]  # the same exposure as the set it is compared with
+    subset_ids = {p["id"] for p in (lambda f: [f[i] for i in range(len(f))])(FolderSource(workdir / "data/subsets/N6"))}
+    copies = FolderSource(workdir / "data/augmented_copies/N6")
+    assert {copies[i]["id"].rsplit("_copy", 1)[0] for i in range(len(copies))} == subset_ids

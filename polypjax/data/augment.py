@@ -58,3 +58,25 @@ def _photometric(image, rng, cfg):
         rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
         x = x @ (_YIQ2RGB @ rot @ _RGB2YIQ).T.astype(np.float32)
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+class AugmentedCopies:
+    """`count` augmented copies of a source's pairs, each resized to `size` and augmented by `cfg`
+    with its own seeded rng: the "more data, not better data" baseline a synthetic set of the same
+    count must beat. Copy i is of pair i mod len(source), so every pair is copied about equally."""
+
+    def __init__(self, source, count: int, seed: int, cfg, size: int):
+        self.source, self.count, self.seed, self.cfg, self.size = source, int(count), int(seed), cfg, int(size)
+        self.name = f"{getattr(source, 'name', 'source')}[{count} augmented copies]"
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        from polypjax.data.pipeline import resize_pair
+        pair = self.source[int(index) % len(self.source)]
+        pair = {**pair, **resize_pair(pair, self.size)}
+        image, mask = augment_pair(pair["image"], pair["mask"], np.random.default_rng([self.seed, 6133, int(index)]),
+                                   self.cfg)
+        return {"image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask),
+                "id": f"{pair['id']}_copy{int(index)}"}

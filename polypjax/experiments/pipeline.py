@@ -338,6 +338,32 @@ def _folder_share(workdir: pathlib.Path, config, name: str, spec: str, count: in
     return out
 
 
+def _augmented_copies(workdir: pathlib.Path, config, train: str, count: int, tag: str) -> pathlib.Path:
+    """data/augmented_copies/<tag>: `count` classically augmented copies of the real pairs of
+    `train` (the N subset at N), written once: a mixed run on them has the synthetic runs' count
+    and exposure, so a synthetic set that beats real-only but not them added more data, not better."""
+    from polypjax.data import augment, catalog
+    from polypjax.train.seg_regimes import classic_augmentation
+    out = workdir / "data" / "augmented_copies" / tag
+    done = out / "copies.json"
+    seed = catalog.data_seed(config.data, config.seed)
+    cfg = classic_augmentation(config.data.augment)
+    key = {"train": train, "count": count, "seed": seed, "image_size": config.data.image_size,
+           "augment": cfg.to_dict()}
+
+    def write():
+        if done.exists() and json.loads(done.read_text()) == key:
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        real = catalog.make_source(train, config.data, default_split="train", seed=config.seed)
+        export.write_source(augment.AugmentedCopies(real, count, seed, cfg, config.data.image_size), out,
+                            desc=f"{count} augmented copies ({tag})")
+        export.atomic_write_text(done, json.dumps(key, default=str) + "\n")
+    _on_main(write, f"augmented copies {tag}")
+    return out
+
+
 def _folder_source(folder: pathlib.Path):
     from polypjax.data.sources import FolderSource
     return FolderSource(folder)
@@ -641,6 +667,15 @@ def run(config, workdir: pathlib.Path) -> dict:
                         segment(model, regime, None, seed, generator=name, synthetic=generated[name],
                                 upstream=made(name))
 
+    copies = bool(s.get("augmented_copies", False))
+    if copies and "mixed" in s.regimes:  # "more data" at the synthetic sets' count, not "better data"
+        folder = _augmented_copies(workdir, config, train_spec or config.data.train,
+                                   int(config.generate.multiple * n_real), "all")
+        for model in models:
+            for seed in s.seeds:
+                segment(model, "mixed", None, seed, generator="augmented_copies", protocol="baseline",
+                        synthetic=f"{folder}@all")
+
     # 4c. the low-data sweep at N real pairs. What each protocol may use: only the generator's
     # weights may have seen more than the N (paper: all training pairs; same_data: the N); frames
     # painted into and source masks come from the N; both get r x N synthetic pairs.
@@ -676,6 +711,8 @@ def run(config, workdir: pathlib.Path) -> dict:
                         f"generated/{label}", c, upstream=(gstage,),
                         what=f"generate {count} pairs with {gen}{'' if protocol == 'paper' else f'-N{n}'} ({mode}), "
                              f"frames and masks from the N={n} subset"))
+        copies_n = (_augmented_copies(workdir, config, subset_spec, count, f"N{n}")
+                    if copies and "mixed" in low.regimes else None)
         for model in models:
             for seed in s.seeds:
                 for regime in low.regimes:
@@ -683,6 +720,10 @@ def run(config, workdir: pathlib.Path) -> dict:
                         segment(model, regime, n, seed, protocol="low_data", train=subset_spec,
                                 fraction=r / (1.0 + r), regimes=low.regimes)
                         continue
+                    if copies_n is not None and regime == "mixed":
+                        segment(model, regime, n, seed, generator=f"augmented_copies-N{n}", protocol="baseline",
+                                train=subset_spec, synthetic=f"{copies_n}@all", fraction=r / (1.0 + r),
+                                regimes=low.regimes)
                     for name in generated:
                         for protocol in low.protocols:
                             if (protocol, name) not in at_n:
