@@ -135,7 +135,11 @@ class SegmentationMetrics(metrics.Metric):
         cls, logits: jax.Array, masks: jax.Array, valid: jax.Array | None = None, *,
         from_logits: bool = True, threshold: float = 0.5, **_,
     ) -> "SegmentationMetrics":
-        counts = confusion_counts(logits, masks, valid, from_logits=from_logits, threshold=threshold)
+        return cls.from_counts(confusion_counts(logits, masks, valid, from_logits=from_logits, threshold=threshold))
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, jax.Array]) -> "SegmentationMetrics":
+        """The metric of one batch from its ``confusion_counts``."""
         dice, iou = per_image_scores(counts, empty="one")
         valid = counts["valid"]
         per_image = jnp.stack([counts[k] for k in COUNT_KEYS])  # [4, N]
@@ -189,6 +193,19 @@ def accumulate(
 ) -> SegmentationMetrics:
     """Eval-loop step: ``metric`` (None to start) merged with one batch's metric, as one compiled
     program (run op by op, the two dozen small array ops each compile on first use: seconds per run)."""
+    return accumulate_per_image(metric, logits, masks, valid, from_logits=from_logits, threshold=threshold)[0]
+
+
+PER_IMAGE_KEYS = ("tp", "pred_sum", "true_sum", "dice", "iou")
+
+
+def accumulate_per_image(
+    metric: SegmentationMetrics | None, logits, masks, valid=None, *, from_logits: bool = True,
+    threshold: float = 0.5,
+) -> tuple[SegmentationMetrics, dict[str, jax.Array]]:
+    """``accumulate``, and the batch's per-image counts and scores ({``PER_IMAGE_KEYS``: [N]}, padding
+    rows included: the caller drops them), from the same compiled program. The scores are the ones
+    mDice / mIoU average (``empty="one"``)."""
     if valid is None:
         valid = np.ones((np.shape(logits)[0],), bool)
     return _accumulate(SegmentationMetrics.empty() if metric is None else metric, logits, masks, valid,
@@ -197,5 +214,8 @@ def accumulate(
 
 @functools.partial(jax.jit, static_argnames=("from_logits", "threshold"))
 def _accumulate(metric, logits, masks, valid, *, from_logits, threshold):
-    return metric.merge(SegmentationMetrics.from_model_output(
-        logits, masks, valid, from_logits=from_logits, threshold=threshold))
+    counts = confusion_counts(logits, masks, valid, from_logits=from_logits, threshold=threshold)
+    dice, iou = per_image_scores(counts, empty="one")  # XLA computes these once with from_counts's
+    per_image = {"tp": counts["tp"], "pred_sum": counts["pred_sum"], "true_sum": counts["true_sum"],
+                 "dice": dice, "iou": iou}
+    return metric.merge(SegmentationMetrics.from_counts(counts)), per_image
