@@ -8,6 +8,8 @@ and ground truth are both empty scores Dice = IoU = 1.0, since the prediction is
 matches smp's ``zero_division=1.0`` default and the ``(2|A∩B| + 1) / (|A| + |B| + 1)`` smoothing of
 the PraNet evaluation scripts in that case. A non-empty prediction on an empty ground truth (or the
 reverse) scores 0.0, which follows from the formula. ``empty="zero"`` scores both-empty as 0.0.
+A comparison between runs (metrics/paired.py) leaves images with an empty ground truth out, so such
+a "success" never decides which run is better.
 
 Two summaries, both reported by ``SegmentationMetrics.compute()``:
   * ``mDice`` / ``mIoU``: mean over images of the per-image scores (the polyp literature's numbers).
