@@ -141,7 +141,8 @@ def paired_rows(workdir: pathlib.Path, summary: dict) -> list[dict]:
                 records = {s: (per_image(c, test_set), per_image(b, test_set)) for s, (c, b) in pairs.items()}
                 missing = sorted({r["stage"] for s, p in pairs.items() for r, rec in zip(p, records[s]) if rec is None})
                 if missing:
-                    row["note"] = f"no per-image scores in {missing[0]} (a run from before they were written)"
+                    row["note"] = (f"no per-image scores in {missing[0]}: it ran before they were written; "
+                                   "delete that stage folder to rerun it")
                     out.append(row)
                     continue
                 try:

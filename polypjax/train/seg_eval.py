@@ -80,7 +80,7 @@ def _per_image_rows(per_image: list, slots: dict, num_examples: int) -> dict:
     order = np.argsort(index[keep], kind="stable")
     if not np.array_equal(index[keep][order], np.arange(num_examples)):
         raise RuntimeError(f"the eval pass saw source indices {index[keep][order].tolist()}, "
-                             f"not each of 0..{num_examples - 1} once")
+                           f"not each of 0..{num_examples - 1} once")
     ids = dict(zip(parallel.allgather_host(np.asarray(slots["index"], np.int64)).tolist(),
                    parallel.allgather_strings(slots["id"])))
     rows = {"id": [ids[i] for i in range(num_examples)]}
