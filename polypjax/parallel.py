@@ -108,3 +108,25 @@ def to_host(x) -> np.ndarray:
         from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
+
+
+def allgather_host(local: np.ndarray) -> np.ndarray:
+    """Every process's host array `local` concatenated over the first axis in process order, on
+    every process; each process must pass the same shape."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+
+
+def allgather_strings(local: list[str]) -> list[str]:
+    """`allgather_host` for lists of text (ids): UTF-8 bytes in a zero-padded uint8 array as wide as
+    the longest string of any process; each process must pass the same number of strings."""
+    if jax.process_count() == 1:
+        return list(local)
+    encoded = [s.encode() for s in local]
+    width = int(allgather_host(np.array([max(map(len, encoded), default=0)], np.int32)).max())
+    buf = np.zeros((len(encoded), max(width, 1)), np.uint8)
+    for row, b in zip(buf, encoded):
+        row[:len(b)] = np.frombuffer(b, np.uint8)
+    return [bytes(row).rstrip(b"\0").decode() for row in allgather_host(buf)]

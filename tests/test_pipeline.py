@@ -81,9 +81,9 @@ def test_eval_exactly_once_ordered_padded(n, gb, procs):
         for p in range(procs):  # the global batch is the processes' local batches in order
             batch = per_process[p][step]
             assert batch["image"].shape[0] == gb // procs
-            for idx, valid, ident in zip(batch["index"], batch["valid"], _ids(batch)):
+            for idx, valid, ident, pair_id in zip(batch["index"], batch["valid"], _ids(batch), batch["id"]):
                 if valid:
-                    assert idx == ident
+                    assert idx == ident and pair_id == str(ident)
                     order.append(int(idx))
                 else:
                     assert idx == -1

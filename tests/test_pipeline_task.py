@@ -131,6 +131,58 @@ def test_report_tables_match_the_stage_results(finished):
     assert [{k: str(v) for k, v in r.items()} for r in summary["rows"]] == rows
 
 
+def test_paired_table_comes_first_and_matches_the_per_image_files(finished):
+    """Every segmenter's per-image file averages to its mDice; the report's first table (and
+    paired.csv) recomputed for one low-data candidate, which pairs with the real run at its own N."""
+    import numpy as np
+    from scipy import stats
+    workdir, _ = finished
+    per_image = {}
+    for rel in (s for s in STAGES if s.startswith("segmentation/")):
+        results = json.loads((workdir / rel / "results.json").read_text())["test"]
+        for test_set, r in results.items():
+            rec = json.loads((workdir / rel / "eval" / f"{test_set.replace('@', '-')}_per_image.json").read_text())
+            assert rec["test_set"] == test_set and len(rec["id"]) == r["num_images"]
+            assert np.mean(rec["dice"]) == pytest.approx(r["mDice"], abs=1e-6), (rel, test_set)
+            per_image[rel, test_set] = rec
+    report = workdir / "report"
+    with open(report / "paired.csv") as f:
+        rows = list(csv.DictReader(f))
+    # 4 synthetic candidates (2 sets x full and N=6) x 2 test sets, against the one baseline run: real.
+    assert len(rows) == 8 and {r["baseline"] for r in rows} == {"real"}
+    row = next(r for r in rows if (r["generator"], r["N"], r["test_set"]) == ("joint-inpaint", "6", "phantom-b@test"))
+    cand = per_image["segmentation/joint-inpaint/unet/mixed/6/0", "phantom-b@test"]
+    base = per_image["segmentation/none/unet/real/6/0", "phantom-b@test"]
+    assert cand["id"] == base["id"]
+    keep = ~np.array(base["empty_mask"])
+    c, b = np.array(cand["dice"])[keep], np.array(base["dice"])[keep]
+    diffs = c - b
+    assert int(row["num_images"]) == keep.sum() and int(row["num_empty_excluded"]) == (~keep).sum()
+    assert float(row["mean"]) == pytest.approx(diffs.mean(), abs=1e-12)
+    assert float(row["std"]) == 0.0 and row["seeds"] == "1" and json.loads(row["per_seed"]) == {"0": pytest.approx(diffs.mean())}
+    lo, hi = float(row["ci_low"]), float(row["ci_high"])
+    ref = stats.bootstrap((c, b), lambda x, y, axis: np.mean(x - y, axis=axis), paired=True, vectorized=True,
+                          method="percentile", n_resamples=2000, rng=np.random.default_rng(3)).confidence_interval
+    se = diffs.std(ddof=1) / np.sqrt(len(diffs))
+    assert lo == pytest.approx(ref.low, abs=0.5 * se) and hi == pytest.approx(ref.high, abs=0.5 * se)
+    assert row["verdict"] == ("gain" if lo > 0 else "loss" if hi < 0 else "no significant difference")
+    if keep.all():  # no image left out: the paired mean is the mDice difference of results.csv
+        with open(report / "results.csv") as f:
+            mdice = {(r["generator"], r["regime"], r["N"]): float(r["mDice"]) for r in csv.DictReader(f)
+                     if r["test_set"] == "phantom-b@test"}
+        assert diffs.mean() == pytest.approx(mdice["joint-inpaint", "mixed", "6"] - mdice["none", "real", "6"], abs=1e-6)
+
+    md = (report / "report.md").read_text()
+    first_section = next(line for line in md.splitlines() if line.startswith("## "))
+    assert first_section.startswith("## Did the synthetic pairs help?")
+    first_table = next(line for line in md.splitlines() if line.startswith("| "))
+    assert first_table.startswith("| synthetic set | regime | protocol | N real |")
+    cell = f"{diffs.mean():+.3f} ± 0.000 [{lo:+.3f}, {hi:+.3f}] {row['verdict']}"
+    assert f"| joint-inpaint | mixed | paper | 6 | unet | phantom-b@test | 1 | {keep.sum()} ({(~keep).sum()}) | {cell} |" in md
+    html = (report / "report.html").read_text()
+    assert html.index("Did the synthetic pairs help?") < html.index("Generation metrics") and cell in html
+
+
 def test_changed_inpaint_config_reruns_that_set_and_its_readers_only(finished):
     workdir, _ = finished
     before = {rel: _stage(workdir, rel) for rel in STAGES}

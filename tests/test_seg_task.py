@@ -52,6 +52,8 @@ def test_task_writes_results_per_test_set(trained):
     for name, r in results["test"].items():
         assert r["num_images"] == 10 and 0.0 <= r["mDice"] <= 1.0 and 0.0 <= r["iou"] <= r["dice"] <= 1.0
         assert (trained / "eval" / f"{name.replace('@', '-')}_overlays.png").exists()
+        assert "per_image" not in r and len(json.loads(seg_eval.per_image_path(trained / "eval", name)
+                                                        .read_text())["dice"]) == 10
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/phantom-b@test/mDice" in r for r in records)
 
@@ -112,11 +114,22 @@ def test_metrics_identical_on_one_and_eight_devices(trained):
         out[data] = seg_eval.evaluate_sets(task.predict_fn, state["params"], state["model_state"],
                                                task.test_sources, c, trained / f"eval_{data}", 6)
     assert jax.device_count() == 8
-    for name in out[1]:
+    for name, source in task.test_sources.items():
         a, b = out[1][name], out[-1][name]
         assert a["num_images"] == b["num_images"] == 10
         for k in ("dice", "iou", "mDice", "mIoU"):
             assert a[k] == pytest.approx(b[k], abs=1e-6), (name, k)
+        # Per image: source order, padding dropped, the same on both meshes, averaging to mDice/mIoU.
+        rows = json.loads(seg_eval.per_image_path(trained / "eval_-1", name).read_text())
+        assert {k: rows[k] for k in a["per_image"]} == b["per_image"]
+        assert rows["id"] == [source[i]["id"] for i in range(10)]
+        for k in ("tp", "pred_sum", "true_sum", "id", "empty_mask"):
+            assert a["per_image"][k] == b["per_image"][k], (name, k)
+        np.testing.assert_allclose(a["per_image"]["dice"], b["per_image"]["dice"], rtol=0, atol=1e-7)
+        assert np.mean(b["per_image"]["dice"]) == pytest.approx(b["mDice"], abs=1e-6)
+        assert np.mean(b["per_image"]["iou"]) == pytest.approx(b["mIoU"], abs=1e-6)
+        tp, pred, true = (np.array(b["per_image"][k]) for k in ("tp", "pred_sum", "true_sum"))
+        assert b["dice"] == pytest.approx(2 * tp.sum() / (pred.sum() + true.sum()), abs=1e-12)
 
 
 @pytest.mark.parametrize("kind,expected", [("mixed", 0.25), ("replace", 0.4)])

@@ -194,11 +194,13 @@ class _PaddedEvalSource:
 
 def eval_dataset(source, *, image_size: int, global_batch_size: int,
                  process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
-    """Finite, ordered batches with "index" (source index, -1 for padding) and "valid" fields."""
+    """Finite, ordered batches with "index" (source index, -1 for padding), "valid" and "id" fields
+    ("id": the pair's id, or its source index as text for sources without ids)."""
     process_index, process_count = _process(process_index, process_count)
     padded = _PaddedEvalSource(source, global_batch_size, process_index, process_count)
     ds = grain.MapDataset.source(padded).map(
-        lambda p: {**resize_pair(p, image_size), "index": p["index"], "valid": p["valid"]})
+        lambda p: {**resize_pair(p, image_size), "index": p["index"], "valid": p["valid"],
+                   "id": str(p.get("id", p["index"]))})
     return ds.batch(padded.local_batch)
 
 

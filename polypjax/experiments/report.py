@@ -1,6 +1,7 @@
 """The reports: the pipeline's (`write`: results.csv, one row per generator, model, regime, N, seed,
-test set; results.json, report.md and a self-contained report.html with figures embedded as PNG
-data URIs) and evaluate_generation's generation_metrics.md (`generation_markdown`)."""
+test set; paired.csv, one row per synthetic set, test set and baseline (`paired_rows`); results.json,
+report.md and a self-contained report.html with figures embedded as PNG data URIs) and
+evaluate_generation's generation_metrics.md (`generation_markdown`)."""
 from __future__ import annotations
 
 import base64
@@ -14,9 +15,14 @@ import numpy as np
 
 from polypjax.data import export
 from polypjax.metrics import masks as mask_metrics
+from polypjax.metrics import paired
 
 METRICS = ("mDice", "mIoU", "dice", "iou")
 CSV_FIELDS = ("generator", "model", "regime", "protocol", "N", "seed", "test_set", *METRICS, "num_images")
+GROUP = ("generator", "regime", "protocol", "model", "N")  # one synthetic candidate, all its seeds
+PAIRED_FIELDS = (*GROUP, "test_set", "baseline", "seeds", "num_images", "num_empty_excluded", "mean", "std",
+                 "ci_low", "ci_high", "verdict", "per_seed", "note")
+REAL_BASELINES = ("real", "real_augment")
 
 
 def rows(workdir: pathlib.Path, runs: list[dict]) -> list[dict]:
@@ -110,6 +116,109 @@ def _painted_area(folder: pathlib.Path) -> str:
     fractions = [json.loads(line)["region"]["fraction"] for m in sorted(folder.glob("manifest*.jsonl"))
                  for line in m.read_text().splitlines() if '"region"' in line]
     return "whole frame" if not fractions else f"{np.mean(fractions):.0%} (rest real)"
+
+
+def is_baseline(regime: str) -> bool:
+    """Regimes a synthetic set must beat: real pairs only (copy-paste and its augmented variants
+    paste real polyps into real frames)."""
+    return regime in REAL_BASELINES or regime.startswith("copy_paste")
+
+
+def baseline_name(run: dict) -> str | None:
+    """The baseline a run is (its regime, or `augmented_copies` for the mixed run on augmented
+    copies of the real pairs), None for a candidate or another run."""
+    if run["generator"].startswith("augmented_copies"):
+        return "augmented_copies"
+    return run["regime"] if is_baseline(run["regime"]) else None
+
+
+def paired_rows(workdir: pathlib.Path, summary: dict) -> list[dict]:
+    """Every synthetic candidate (its runs over seeds) against every baseline regime in the runs, on
+    every test set: mDice differences paired by model, N, seed and real training pairs, and image by
+    image (metrics/paired.py); one dict per (candidate, test set, baseline) with PAIRED_FIELDS."""
+    from polypjax.train.seg_eval import per_image_path
+    stages = summary.get("stages") or {}
+
+    def train_of(run):  # the real pairs it trained on: a low-data run's subset
+        return ((stages.get(run["stage"]) or {}).get("config") or {}).get("data", {}).get("train")
+
+    baselines, candidates = {}, {}
+    for run in summary["runs"]:
+        name = baseline_name(run)
+        if name is not None:
+            baselines[(run["model"], run["N"], run["seed"], name, train_of(run))] = run
+        elif run["generator"] != "none":
+            candidates.setdefault(tuple(run[k] for k in GROUP), {})[run["seed"]] = run
+    regimes = sorted({k[3] for k in baselines}, key=lambda r: (r not in REAL_BASELINES, REAL_BASELINES.index(r)
+                                                               if r in REAL_BASELINES else 0, r))
+    cache: dict[pathlib.Path, dict | None] = {}
+
+    def per_image(run, test_set):
+        path = per_image_path(workdir / run["stage"] / "eval", test_set)
+        if path not in cache:
+            cache[path] = json.loads(path.read_text()) if path.exists() else None
+        return cache[path]
+
+    out = []
+    for key, by_seed in candidates.items():
+        group = dict(zip(GROUP, key))
+        first = by_seed[min(by_seed)]
+        test_sets = json.loads((workdir / first["stage"] / "results.json").read_text())["test"]
+        for test_set in test_sets:
+            for regime in regimes:
+                pairs = {s: (run, baselines.get((group["model"], group["N"], s, regime, train_of(run))))
+                         for s, run in sorted(by_seed.items())}
+                pairs = {s: p for s, p in pairs.items() if p[1] is not None}
+                if not pairs:
+                    continue
+                row = {**group, "test_set": test_set, "baseline": regime, "seeds": len(pairs), "note": ""}
+                records = {s: (per_image(c, test_set), per_image(b, test_set)) for s, (c, b) in pairs.items()}
+                missing = sorted({r["stage"] for s, p in pairs.items() for r, rec in zip(p, records[s]) if rec is None})
+                if missing:
+                    row["note"] = (f"no per-image scores in {missing[0]}: it ran before they were written; "
+                                   "delete that stage folder to rerun it")
+                    out.append(row)
+                    continue
+                try:
+                    r = paired.paired_difference({s: c for s, (c, _) in records.items()},
+                                                 {s: b for s, (_, b) in records.items()})
+                except paired.PairingError as e:
+                    row["note"] = f"not comparable: {e}"
+                    out.append(row)
+                    continue
+                row.update(num_images=r["num_images"], num_empty_excluded=r["num_empty_excluded"], mean=r["mean"],
+                           std=r["std"], ci_low=r["ci"][0], ci_high=r["ci"][1], verdict=r["verdict"],
+                           per_seed=json.dumps(dict(zip(map(str, r["seeds"]), r["per_seed"]))),
+                           cell=paired.format_difference(r))
+                out.append(row)
+    return out
+
+
+def paired_table(prows: list[dict], n_all: int) -> tuple[list[str], list[list]]:
+    """One row per synthetic candidate and test set, one column per baseline regime present."""
+    regimes = list(dict.fromkeys(r["baseline"] for r in prows))
+    cells: dict[tuple, dict] = {}
+    for r in prows:
+        cells.setdefault(tuple(r[k] for k in (*GROUP, "test_set")), {})[r["baseline"]] = r
+    header = ["synthetic set", "regime", "protocol", "N real", "model", "test set", "seeds",
+              "images (empty masks left out)", *[f"ΔmDice vs {b}" for b in regimes]]
+    body = []
+    for key in sorted(cells, key=lambda k: (k[4] != n_all, k[4], k[2], k[5], k[0], k[1], k[3])):
+        row = cells[key]
+        seeds = max(r["seeds"] for r in row.values())
+        counted = next((r for r in row.values() if "num_images" in r), None)
+        images = "–" if counted is None else f"{counted['num_images']} ({counted['num_empty_excluded']})"
+        out = []
+        for b in regimes:
+            r = row.get(b)
+            if r is None:
+                out.append("–")
+            elif r["note"]:
+                out.append(f"n/a: {r['note']}")
+            else:
+                out.append(r["cell"] + (f" ({r['seeds']} seeds)" if r["seeds"] < seeds else ""))
+        body.append([key[0], key[1], key[2], "all" if key[4] == n_all else key[4], key[3], key[5], seeds, images, *out])
+    return header, body
 
 
 def generation_table(workdir: pathlib.Path, generators: list[str], folders: dict | None = None
@@ -334,6 +443,19 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
     agg = aggregate(table)
     n_all = summary["num_real_train"]
     sections = []  # (title, text, (header, body) or None, figure names)
+    prows = paired_rows(workdir, summary)
+    sections.append(("Did the synthetic pairs help? (paired differences in mDice)",
+                     "Candidate minus baseline, each candidate run paired with the baseline run of the same "
+                     "model, N, seed and real training pairs, image by image: mean ± std over seeds of the "
+                     f"per-seed differences, [95 % percentile bootstrap interval over test images "
+                     f"({paired.NUM_RESAMPLES} resamples; each image's difference averaged over seeds first)] and "
+                     "the verdict: gain or loss when the interval excludes 0, otherwise no significant difference. "
+                     "The interval covers the choice of test images; the ± the seed-to-seed spread. Images whose "
+                     "ground-truth mask is empty are left out (their count in brackets): a model that predicts "
+                     "nothing scores 1 there under the mDice convention, so on sets with such images the "
+                     "differences here are over the others and can differ from the Δ columns below. Every cell "
+                     "with its per-seed differences: paired.csv.",
+                     paired_table(prows, n_all) if prows else None, []))
     gen_header, gen_body, gen_reports = generation_table(workdir, summary["generators"],
                                                          summary.get("generated_folders"))
     seg = segmentation_table(agg, n_all)
@@ -387,7 +509,12 @@ def write(workdir: pathlib.Path, summary: dict) -> dict:
     writer.writeheader()
     writer.writerows(table)
     export.atomic_write_text(out / "results.csv", buf.getvalue())
-    result = {"rows": table, "aggregate": agg, "generation": gen_reports}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PAIRED_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(prows)
+    export.atomic_write_text(out / "paired.csv", buf.getvalue())
+    result = {"rows": table, "aggregate": agg, "paired": prows, "generation": gen_reports}
     export.atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
 
     config_json = json.dumps(summary["config"], indent=2, default=str)

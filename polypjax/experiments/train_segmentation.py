@@ -1,8 +1,9 @@
 """Task `train_segmentation`: train a segmenter in one data regime and score it on every test set.
 
 Writes checkpoints, metrics (TensorBoard / metrics.jsonl), `eval/<test set>.json` with per-image
-mDice/mIoU and dataset-level Dice/IoU, overlay PNGs, and `results.json` with the final figures of
-this run's test sets (`data.test`).
+mDice/mIoU and dataset-level Dice/IoU, `eval/<test set>_per_image.json` with each image's id, counts
+and scores (seg_eval.py), overlay PNGs, and `results.json` with the final figures of this run's test
+sets (`data.test`).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def run(config, workdir: pathlib.Path) -> dict:
     if jax.process_index() == 0:
         summary = {"model": config.model.name, "regime": config.regime.kind, "train": config.data.train,
                    "synthetic": config.data.synthetic, "num_steps": config.train.num_steps,
-                   "exposure": exposure(config, task), "test": results}
+                   "exposure": exposure(config, task),
+                   "test": {name: {k: v for k, v in r.items() if k != "per_image"} for name, r in results.items()}}
         export.atomic_write_text(pathlib.Path(workdir) / "results.json", json.dumps(summary, indent=2) + "\n")
         for name, r in results.items():
             print(f"{name}: mDice {r['mDice']:.4f}  mIoU {r['mIoU']:.4f}  dice {r['dice']:.4f}  "

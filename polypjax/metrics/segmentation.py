@@ -8,6 +8,8 @@ and ground truth are both empty scores Dice = IoU = 1.0, since the prediction is
 matches smp's ``zero_division=1.0`` default and the ``(2|A∩B| + 1) / (|A| + |B| + 1)`` smoothing of
 the PraNet evaluation scripts in that case. A non-empty prediction on an empty ground truth (or the
 reverse) scores 0.0, which follows from the formula. ``empty="zero"`` scores both-empty as 0.0.
+A comparison between runs (metrics/paired.py) leaves images with an empty ground truth out, so such
+a "success" never decides which run is better.
 
 Two summaries, both reported by ``SegmentationMetrics.compute()``:
   * ``mDice`` / ``mIoU``: mean over images of the per-image scores (the polyp literature's numbers).
@@ -135,7 +137,12 @@ class SegmentationMetrics(metrics.Metric):
         cls, logits: jax.Array, masks: jax.Array, valid: jax.Array | None = None, *,
         from_logits: bool = True, threshold: float = 0.5, empty: str = "one", **_,
     ) -> "SegmentationMetrics":
-        counts = confusion_counts(logits, masks, valid, from_logits=from_logits, threshold=threshold)
+        return cls.from_counts(confusion_counts(logits, masks, valid, from_logits=from_logits, threshold=threshold),
+                               empty=empty)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, jax.Array], empty: str = "one") -> "SegmentationMetrics":
+        """The metric of one batch from its ``confusion_counts``."""
         dice, iou = per_image_scores(counts, empty=empty)
         valid = counts["valid"]
         per_image = jnp.stack([counts[k] for k in COUNT_KEYS])  # [4, N]
@@ -190,6 +197,20 @@ def accumulate(
     """Eval-loop step: ``metric`` (None to start) merged with one batch's metric, as one compiled
     program (run op by op, the two dozen small array ops each compile on first use: seconds per run).
     ``empty``: how an image whose prediction and mask are both empty scores (module doc)."""
+    return accumulate_per_image(metric, logits, masks, valid, from_logits=from_logits, threshold=threshold,
+                                empty=empty)[0]
+
+
+PER_IMAGE_KEYS = ("tp", "pred_sum", "true_sum", "dice", "iou")
+
+
+def accumulate_per_image(
+    metric: SegmentationMetrics | None, logits, masks, valid=None, *, from_logits: bool = True,
+    threshold: float = 0.5, empty: str = "one",
+) -> tuple[SegmentationMetrics, dict[str, jax.Array]]:
+    """``accumulate``, and the batch's per-image counts and scores ({``PER_IMAGE_KEYS``: [N]}, padding
+    rows included: the caller drops them), from the same compiled program. The scores are the ones
+    mDice / mIoU average (``empty="one"`` unless told)."""
     if valid is None:
         valid = np.ones((np.shape(logits)[0],), bool)
     return _accumulate(SegmentationMetrics.empty() if metric is None else metric, logits, masks, valid,
@@ -198,5 +219,8 @@ def accumulate(
 
 @functools.partial(jax.jit, static_argnames=("from_logits", "threshold", "empty"))
 def _accumulate(metric, logits, masks, valid, *, from_logits, threshold, empty):
-    return metric.merge(SegmentationMetrics.from_model_output(
-        logits, masks, valid, from_logits=from_logits, threshold=threshold, empty=empty))
+    counts = confusion_counts(logits, masks, valid, from_logits=from_logits, threshold=threshold)
+    dice, iou = per_image_scores(counts, empty=empty)  # XLA computes these once with from_counts's
+    per_image = {"tp": counts["tp"], "pred_sum": counts["pred_sum"], "true_sum": counts["true_sum"],
+                 "dice": dice, "iou": iou}
+    return metric.merge(SegmentationMetrics.from_counts(counts, empty=empty)), per_image
