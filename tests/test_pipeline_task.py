@@ -150,8 +150,9 @@ def test_paired_table_comes_first_and_matches_the_per_image_files(finished):
         rows = list(csv.DictReader(f))
     # 4 synthetic candidates (2 sets x full and N=6) x 2 test sets, against the one baseline run: real.
     assert len(rows) == 8 and {r["baseline"] for r in rows} == {"real"}
-    row = next(r for r in rows if (r["generator"], r["N"], r["test_set"]) == ("joint-inpaint", "6", "phantom-b@test"))
-    cand = per_image["segmentation/joint-inpaint/unet/mixed/6/0", "phantom-b@test"]
+    row = next(r for r in rows if (r["generator"], r["N"], r["test_set"]) == ("joint-inpaint-N6-paper", "6",
+                                                                              "phantom-b@test"))
+    cand = per_image["segmentation/joint-inpaint-N6-paper/unet/mixed/6/0", "phantom-b@test"]
     base = per_image["segmentation/none/unet/real/6/0", "phantom-b@test"]
     assert cand["id"] == base["id"]
     keep = ~np.array(base["empty_mask"])
@@ -170,7 +171,8 @@ def test_paired_table_comes_first_and_matches_the_per_image_files(finished):
         with open(report / "results.csv") as f:
             mdice = {(r["generator"], r["regime"], r["N"]): float(r["mDice"]) for r in csv.DictReader(f)
                      if r["test_set"] == "phantom-b@test"}
-        assert diffs.mean() == pytest.approx(mdice["joint-inpaint", "mixed", "6"] - mdice["none", "real", "6"], abs=1e-6)
+        assert diffs.mean() == pytest.approx(mdice["joint-inpaint-N6-paper", "mixed", "6"] - mdice["none", "real", "6"],
+                                             abs=1e-6)
 
     md = (report / "report.md").read_text()
     first_section = next(line for line in md.splitlines() if line.startswith("## "))
@@ -345,3 +347,6 @@ main.run(c, {str(workdir)!r})
     subset_ids = {p["id"] for p in (lambda f: [f[i] for i in range(len(f))])(FolderSource(workdir / "data/subsets/N6"))}
     copies = FolderSource(workdir / "data/augmented_copies/N6")
     assert {copies[i]["id"].rsplit("_copy", 1)[0] for i in range(len(copies))} == subset_ids
+    paired = list(csv.DictReader(open(workdir / "report" / "paired.csv")))
+    assert {r["baseline"] for r in paired} >= {"real", "augmented_copies"}
+    assert not any(r["generator"].startswith("augmented_copies") for r in paired)  # a baseline, not a candidate

@@ -217,7 +217,8 @@ def paired_table(prows: list[dict], n_all: int) -> tuple[list[str], list[list]]:
                 out.append(f"n/a: {r['note']}")
             else:
                 out.append(r["cell"] + (f" ({r['seeds']} seeds)" if r["seeds"] < seeds else ""))
-        body.append([key[0], key[1], key[2], "all" if key[4] == n_all else key[4], key[3], key[5], seeds, images, *out])
+        body.append([_set_of(key[0]), key[1], key[2], "all" if key[4] == n_all else key[4], key[3], key[5], seeds,
+                     images, *out])
     return header, body
 
 
