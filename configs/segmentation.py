@@ -4,7 +4,8 @@
     --config=configs/segmentation.py:kvasir   real data at 256 px, resunet34; pass the folder with
                                               --config.data.train=/path/to/Kvasir-SEG
                                               (and external sets: --config.data.test=/path/Kvasir-SEG,/path/CVC-ClinicDB@all)
-Regimes: --config.regime.kind=real|real_augment|synthetic|mixed|replace (see polypjax/train/segmentation.py).
+Regimes: --config.regime.kind=real|real_augment|copy_paste|synthetic|mixed|replace (see
+polypjax/train/seg_regimes.py); --config.regime.augment=True adds classic augmentation to any.
 """
 import ml_collections
 
@@ -18,7 +19,8 @@ def get_config(variant: str = "cpu"):
     config.model = configlib.model_config(name="unet", dtype="float32", kwargs={"features": (16, 32, 64, 128)})
     config.loss = ml_collections.ConfigDict({"bce_weight": 1.0, "dice_weight": 1.0})
     config.regime = ml_collections.ConfigDict({"kind": "real", "alpha": 0.5, "synthetic_fraction": 0.5,
-                                               "real_subset": 0})
+                                               "real_subset": 0, "augment": False})
+    config.regime.copy_paste = configlib.copy_paste_config()
     if variant == "cpu":
         config.data.image_size = 128
         config.data.batch_size = 16

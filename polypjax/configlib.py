@@ -60,6 +60,23 @@ def augment_config() -> ml_collections.ConfigDict:
     return a
 
 
+def copy_paste_config() -> ml_collections.ConfigDict:
+    """`config.regime.copy_paste`: the copy-paste regime's draws (polypjax/data/copy_paste.py);
+    lengths are pixels at `data.image_size`."""
+    c = ml_collections.ConfigDict()
+    c.probability = 0.5  # of pasting into a drawn example
+    c.max_pastes = 1  # polyps pasted into one example: 1 to this many
+    c.scale_min = 0.5  # log-uniform scale of the donor polyp
+    c.scale_max = 1.5
+    c.rotate_deg = 180.0  # uniform in +-
+    c.flip = True  # each axis with probability 1/2
+    c.feather_sigma = 1.5  # Gaussian of the alpha edge; 0: a hard cut
+    c.min_distance = 4  # between the pasted mask and the target's polyp
+    c.tries = 10  # transforms drawn before a paste is given up (the example stays as it was)
+    c.match_colour = False  # shift the donor patch to the target's mean mucosa colour
+    return c
+
+
 def model_config(**fields) -> ml_collections.ConfigDict:
     """A `config.model` block: the task's own fields, plus `conv`, how the model's convolutions run
     on the CPU (auto | onednn | taps | xla, polypjax/models/conv.py): speed only, never results."""
@@ -74,8 +91,10 @@ HOW_FIELDS = ("model.conv",)
 # Fields added after runs were written, with the value that computes what a config without the
 # field computed. Fingerprints and resume checks leave such a field out while it holds that value,
 # so a run recorded before the field existed still matches (its stored fingerprint lacks it).
+# The copy_paste block is read by the copy_paste regime only, which no earlier run used.
 ADDED_FIELDS = {"diffusion.min_snr_gamma": 0.0, "diffusion.timestep_sampling": "uniform",
-                "data.image_scaling": "full", "data.seed": -1}
+                "data.image_scaling": "full", "data.seed": -1, "regime.augment": False,
+                "regime.copy_paste": copy_paste_config().to_dict()}
 
 
 def _parent(out: dict, dotted: str) -> tuple[dict | None, str]:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from polypjax.data import augment as augment_lib
+from polypjax.data import copy_paste as copy_paste_lib
 
 
 def resize_pair(pair: dict, size: int | None) -> dict:
@@ -76,6 +77,32 @@ def cached(source, size: int, max_bytes: int = _CACHE_BYTES):
     return _ResizedCache(source, size) if size and len(source) * size * size * 4 <= max_bytes else source
 
 
+class _AtSize:
+    """`source`'s pairs at `size` (a no-op on a `cached` source), other keys kept."""
+
+    def __init__(self, source, size: int | None):
+        self.source, self.size = source, size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.source[int(index)]
+        return {**pair, **resize_pair(pair, self.size)}
+
+
+class _CopyPaste:
+    """The copy-paste regime's step: a grain random_map, so its rng comes from the stream's seed and
+    the example's position (a resumed stream pastes the same polyps)."""
+
+    def __init__(self, donors, cfg, size: int | None):
+        self.donors, self.cfg, self.size = _AtSize(donors, size), cfg, size
+
+    def __call__(self, pair: dict, rng: np.random.Generator) -> dict:
+        target = {**pair, **resize_pair(pair, self.size)}
+        return copy_paste_lib.paste_random(target, self.donors, rng, self.cfg)[0]
+
+
 def _shuffled_stream(source, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
     ds = grain.MapDataset.source(source)
     if process_count > 1:
@@ -89,19 +116,24 @@ def _shuffled_stream(source, seed: int, process_index: int, process_count: int) 
 def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int,
                   weights: Sequence[float] | None = None, augment=None,
                   process_index: int | None = None, process_count: int | None = None,
-                  worker_count: int = 0, replace_with=None, replace_prob: float = 0.0) -> grain.IterDataset:
+                  worker_count: int = 0, replace_with=None, replace_prob: float = 0.0,
+                  paste_from=None, paste=None) -> grain.IterDataset:
     """Infinite stream of {"image": uint8 [b,S,S,3], "mask": uint8 [b,S,S]} local batches.
 
     `sources` is one source or a list mixed by `weights` (exact proportions, interleaved).
     With `replace_with`, each drawn example is swapped for a random example of that source with
-    probability `replace_prob` (decided per draw, seeded).
+    probability `replace_prob` (decided per draw, seeded). With `paste_from` (a source) and `paste`
+    (the fields of `config.regime.copy_paste`), polyps of that source's pairs are pasted into drawn
+    examples (`copy_paste.paste_random`), before augmentation. Donors are drawn from the whole of
+    `paste_from`, not from this process's shard: the data a run may use is the source, and which
+    process reads which example is not a property of the experiment.
     """
     process_index, process_count = _process(process_index, process_count)
     local_batch = _check_batch(global_batch_size, process_count)
     if not isinstance(sources, (list, tuple)):
         sources = [sources]
-    streams = [_shuffled_stream(cached(s, image_size), seed + 1009 * k, process_index, process_count)
-               for k, s in enumerate(sources)]
+    at_size = [cached(s, image_size) for s in sources]
+    streams = [_shuffled_stream(s, seed + 1009 * k, process_index, process_count) for k, s in enumerate(at_size)]
     if len(streams) == 1:
         ds = streams[0]
     else:
@@ -114,6 +146,11 @@ def train_dataset(sources, *, image_size: int, global_batch_size: int, seed: int
         def maybe_replace(pair, rng):
             return replace_with[int(rng.integers(n_replace))] if rng.random() < replace_prob else pair
         ds = ds.random_map(maybe_replace, seed=seed + 7919)
+    if paste_from is not None and paste is not None and paste.probability > 0:
+        # The stream's own cache when the donors are one of its sources: each pair is read once.
+        donors = next((c for s, c in zip(sources, at_size) if s is paste_from), None)
+        ds = ds.random_map(_CopyPaste(cached(paste_from, image_size) if donors is None else donors, paste, image_size),
+                           seed=seed + 104729)
     ds = ds.map(lambda pair: resize_pair(pair, image_size))
     if augment is not None and augment.enabled:
         ds = ds.random_map(lambda pair, rng: dict(zip(("image", "mask"), augment_lib.augment_pair(

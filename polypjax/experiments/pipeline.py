@@ -40,7 +40,7 @@ from polypjax import configlib, tasks
 from polypjax.configlib import ConfigError
 from polypjax.data import export
 
-REAL_REGIMES = ("real", "real_augment")
+REAL_REGIMES = ("real", "real_augment", "copy_paste")
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
 _ONE_PROCESS = {"coordinator_address": "", "num_processes": 1, "process_id": 0}
 # Data fields every stage takes from the pipeline's own `config.data`.

@@ -15,7 +15,7 @@ from polypjax.data import catalog, pipeline
 from polypjax.models import segmenters
 from polypjax.train import loop
 from polypjax.train.seg_eval import evaluate_sets
-from polypjax.train.seg_regimes import REGIMES, classic_augmentation, training_sources
+from polypjax.train.seg_regimes import REGIMES, augmentation, paste_donors, training_sources
 
 
 
@@ -55,6 +55,7 @@ class SegmentationTask:
         self.workdir = pathlib.Path(workdir)
         self.model = segmenters.create_model(config.model.name, **model_kwargs(config))
         self.train_sources, self.weights, self.replace_source = training_sources(config)
+        self.paste_donors = paste_donors(config, self.train_sources)
         self.test_sources = catalog.make_sources(config.data.test, config.data, default_split="test",
                                                  seed=config.seed)
         self.last_results = None  # the latest evaluation, {test set: figures}: what results.json reports
@@ -62,13 +63,11 @@ class SegmentationTask:
     # --- training -------------------------------------------------------------------------
     def train_iterator(self):
         c = self.config
-        augment = c.data.augment
-        if c.regime.kind == "real_augment":
-            augment = classic_augmentation(augment)
         return pipeline.train_dataset(self.train_sources, weights=self.weights, image_size=c.data.image_size,
-                                      global_batch_size=c.data.batch_size, seed=c.seed, augment=augment,
+                                      global_batch_size=c.data.batch_size, seed=c.seed, augment=augmentation(c),
                                       worker_count=c.data.worker_count, replace_with=self.replace_source,
-                                      replace_prob=c.regime.alpha if c.regime.kind == "replace" else 0.0)
+                                      replace_prob=c.regime.alpha if c.regime.kind == "replace" else 0.0,
+                                      paste_from=self.paste_donors, paste=c.regime.get("copy_paste"))
 
     def init(self, rng, batch):
         image, _ = preprocess(batch)
@@ -123,6 +122,9 @@ def validate(config) -> None:
     check_number(config, "regime.alpha", 0, 1)
     check_number(config, "regime.synthetic_fraction", 0, 1)
     check_number(config, "regime.real_subset", 0, integer=True)  # 0: all
+    if not isinstance(r.get("augment", False), bool):
+        raise ConfigError(f"config.regime.augment must be True or False, got {r.augment!r}")
+    _check_copy_paste(config)
     for name in ("bce_weight", "dice_weight"):
         check_number(config, f"loss.{name}", 0)
     if r.kind in ("synthetic", "mixed", "replace") and not config.data.synthetic:
@@ -136,6 +138,26 @@ def validate(config) -> None:
     loop.validate_train_config(config)
     if not catalog.split_specs(config.data.test):
         raise ConfigError("config.data.test names no test set")
+
+
+def _check_copy_paste(config) -> None:
+    r = config.regime
+    if "copy_paste" not in r:  # configs written before the regime
+        if r.kind == "copy_paste":
+            raise ConfigError("config.regime.kind='copy_paste' needs the config.regime.copy_paste block")
+        return
+    p = "regime.copy_paste"
+    check_number(config, f"{p}.probability", 0, 1)
+    check_number(config, f"{p}.max_pastes", 1, integer=True)
+    check_number(config, f"{p}.scale_min", 0, low_open=True)
+    check_number(config, f"{p}.scale_max", r.copy_paste.scale_min)
+    check_number(config, f"{p}.rotate_deg", 0, 180)
+    check_number(config, f"{p}.feather_sigma", 0)
+    check_number(config, f"{p}.min_distance", 0, integer=True)
+    check_number(config, f"{p}.tries", 1, integer=True)
+    for name in ("flip", "match_colour"):
+        if not isinstance(r.copy_paste[name], bool):
+            raise ConfigError(f"config.{p}.{name} must be True or False, got {r.copy_paste[name]!r}")
 
 
 def _check_image_size(config) -> None:
