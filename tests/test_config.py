@@ -1,5 +1,6 @@
 """Config overrides, derived fields and the errors a bad value gives before any work."""
 import json
+import re
 import pathlib
 import subprocess
 import sys
@@ -294,3 +295,15 @@ def test_exposure_matched_steps():
     c.segmentation.exposure = "more"
     with pytest.raises(configlib.ConfigError, match="config.segmentation.exposure='more'"):
         configlib.resolve(c, pipeline.validate)
+
+
+def test_regime_names_with_aug_run_that_regime_augmented():
+    from polypjax.experiments import pipeline
+    c = configlib.load_config("pipeline", "mini")
+    seg = pipeline.segmentation_config(c, "unet", "copy_paste+aug", seed=0)
+    assert seg.regime.kind == "copy_paste" and seg.regime.augment
+    assert not pipeline.segmentation_config(c, "unet", "mixed", seed=0).regime.augment
+    for bad in ("mixed+augment", "real+aug", "nonsense+aug"):
+        c.segmentation.regimes = ("real", bad)
+        with pytest.raises(configlib.ConfigError, match=re.escape(f"config.segmentation.regimes: '{bad}' is unknown")):
+            configlib.resolve(c, pipeline.validate)

@@ -324,6 +324,7 @@ from polypjax import configlib, main
 c = configlib.load_config("pipeline", "mini")
 c.generators = {{"elsewhere": {{"folder": {str(made)!r}}}}}
 c.segmentation.augmented_copies = True
+c.segmentation.regimes = ("real", "copy_paste+aug", "mixed", "mixed+aug")
 main.run(c, {str(workdir)!r})
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
@@ -350,3 +351,10 @@ main.run(c, {str(workdir)!r})
     paired = list(csv.DictReader(open(workdir / "report" / "paired.csv")))
     assert {r["baseline"] for r in paired} >= {"real", "augmented_copies"}
     assert not any(r["generator"].startswith("augmented_copies") for r in paired)  # a baseline, not a candidate
+    # "+aug": the same regime with classic augmentation on, at the exposure-matched step count.
+    cp = _stage(workdir, "segmentation/none/unet/copy_paste+aug/all/0")["config"]
+    assert cp["regime"]["kind"] == "copy_paste" and cp["regime"]["augment"] is True
+    mixed_aug = _stage(workdir, "segmentation/elsewhere/unet/mixed+aug/all/0")["config"]
+    assert mixed_aug["regime"]["kind"] == "mixed" and mixed_aug["regime"]["augment"] is True
+    assert cp["train"]["num_steps"] == mixed_aug["train"]["num_steps"] == full["num_steps"]
+    assert {r["baseline"] for r in paired} >= {"copy_paste+aug"} and "mixed+aug" in {r["regime"] for r in paired}

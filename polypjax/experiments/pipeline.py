@@ -41,6 +41,12 @@ from polypjax.configlib import ConfigError
 from polypjax.data import export
 
 REAL_REGIMES = ("real", "real_augment", "copy_paste")
+AUGMENTED = "+aug"  # a regime name with this suffix runs that regime with classic augmentation on
+
+
+def regime_kind(regime: str) -> str:
+    """`mixed+aug` -> `mixed`: augmentation is orthogonal to the data source."""
+    return regime.removesuffix(AUGMENTED)
 SYNTHETIC_REGIMES = ("synthetic", "mixed", "replace")
 _ONE_PROCESS = {"coordinator_address": "", "num_processes": 1, "process_id": 0}
 # Data fields every stage takes from the pipeline's own `config.data`.
@@ -175,7 +181,9 @@ def segmentation_config(config, model: str, regime: str, *, seed: int, train: st
     c = merge(_stage_base(config, "segmentation", s.get("variant", "cpu")), s.overrides, "segmentation.overrides")
     merge(c, s.models[model], f"segmentation.models.{model}")
     c.seed = int(seed)
-    c.regime.kind = regime
+    c.regime.kind = regime_kind(regime)
+    if regime.endswith(AUGMENTED):
+        c.regime.augment = True
     c.regime.alpha = float(s.alpha)
     c.regime.synthetic_fraction = float(s.synthetic_fraction if synthetic_fraction is None else synthetic_fraction)
     if train is not None:
@@ -522,10 +530,12 @@ def validate(config) -> None:
             raise ConfigError(f"config.generators.{name}.config={g.config!r} is unknown; choose one of {GENERATOR_CONFIGS}")
     if not s.models:
         raise ConfigError("config.segmentation.models must name at least one segmenter")
-    for regime in s.regimes:
-        if regime not in REAL_REGIMES + SYNTHETIC_REGIMES:
-            raise ConfigError(f"config.segmentation.regimes: {regime!r} is unknown; choose from "
-                              f"{REAL_REGIMES + SYNTHETIC_REGIMES}")
+    for field in ("regimes", "low_data.regimes"):
+        for regime in s.regimes if field == "regimes" else s.low_data.regimes:
+            if regime_kind(regime) not in REAL_REGIMES + SYNTHETIC_REGIMES or regime in ("real+aug", "real_augment+aug"):
+                raise ConfigError(f"config.segmentation.{field}: {regime!r} is unknown; choose from "
+                                  f"{REAL_REGIMES + SYNTHETIC_REGIMES}, each but real and real_augment also with "
+                                  f"'{AUGMENTED}' (classic augmentation on)")
     if s.get("validation"):
         v = s.validation
         configlib.check_number(config, "segmentation.validation.fraction", 0, 0.5, high_open=True)
@@ -621,7 +631,8 @@ def run(config, workdir: pathlib.Path) -> dict:
         """Real-only runs at the base count; a mixed run at the count that shows it as many real
         images, and the baselines it is compared with at that same total (exposure-matched); the
         synthetic-only and the paper's replace regime at the base count."""
-        if regime == "real" or regime in ("synthetic", "replace") or "mixed" not in regimes:
+        if regime == "real" or regime_kind(regime) in ("synthetic", "replace") or \
+                "mixed" not in {regime_kind(r) for r in regimes}:
             return base
         return exposure_steps(base, fraction, exposure)
 
@@ -640,7 +651,7 @@ def run(config, workdir: pathlib.Path) -> dict:
                    f"{steps} steps" + (f", synthetic from {generator}" if generator != "none" else ""))
         runs.append({"stage": rel, "generator": generator, "model": model, "regime": regime,
                      "N": n or n_real, "seed": seed, "protocol": protocol, "steps": steps,
-                     "exposure": "paper replace" if regime == "replace" else
+                     "exposure": "paper replace" if regime_kind(regime) == "replace" else
                      exposure if steps != base else "base"})
         return rel
 
@@ -659,7 +670,7 @@ def run(config, workdir: pathlib.Path) -> dict:
     for model in models:
         for seed in s.seeds:
             for regime in s.regimes:
-                if regime in REAL_REGIMES:
+                if regime_kind(regime) in REAL_REGIMES:
                     if (model, regime, seed) != (models[0], "real", s.seeds[0]):
                         segment(model, regime, None, seed)
                 else:
@@ -716,7 +727,7 @@ def run(config, workdir: pathlib.Path) -> dict:
         for model in models:
             for seed in s.seeds:
                 for regime in low.regimes:
-                    if regime in REAL_REGIMES:
+                    if regime_kind(regime) in REAL_REGIMES:
                         segment(model, regime, n, seed, protocol="low_data", train=subset_spec,
                                 fraction=r / (1.0 + r), regimes=low.regimes)
                         continue
