@@ -96,7 +96,7 @@ def test_a_failed_process_stops_the_job_at_once(tmp_path):
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S, start_new_session=True)
     elapsed = time.monotonic() - start
     assert proc.returncode == 1
-    assert "error: process 1 failed; see" in proc.stderr
+    assert "error: process 1 failed (exit status 1); see" in proc.stderr
     assert "error: process 1 failed (RuntimeError: injected failure on process 1)" in (
         tmp_path / "logs" / "process_1.log").read_text()
     assert elapsed < 120, f"the job took {elapsed:.0f} s to stop"  # jax's barrier would hold it for minutes
