@@ -271,3 +271,16 @@ def test_configs_written_before_the_loss_fields_resume_and_keep_their_fingerprin
         with pytest.raises(workdir.WorkdirError, match=f"diffusion.{field}: \\(absent\\) -> "):
             workdir.check_resume(pathlib.Path("unused"), json.loads(json.dumps(old)), changed)
     assert "min_snr_gamma" in new["diffusion"]  # a copy: the config itself is left alone
+
+
+def test_fingerprints_leave_out_where_a_process_sits_in_its_job():
+    """The coordinator's address (a free port per launch) and the process id change with every
+    launch of the same job: a run's fingerprint (a generated folder's record of its generator) does
+    not, and equals that of the run made without a job."""
+    one = json.loads(json.dumps(_load("diffusion").to_dict()))
+    job = json.loads(json.dumps(one))
+    job["distributed"].update(coordinator_address="localhost:43567", process_id=1)
+    assert configlib.what_it_computes(job) == configlib.what_it_computes(one)
+    job["distributed"]["num_processes"] = 2  # how many share the data is part of what training computes
+    assert configlib.what_it_computes(job) != configlib.what_it_computes(one)
+    assert one["distributed"]["coordinator_address"] == "" and one["distributed"]["process_id"] == 0
