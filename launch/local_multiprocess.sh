@@ -9,6 +9,8 @@
 # runs a script instead, with the same arguments). Process i writes LOG_DIR/process_i.log (LOG_DIR
 # defaults to the current folder); process 0's log is also shown here. PORT picks the coordinator
 # port (default: a free one). DRY_RUN=1 or --dry-run prints the commands and runs nothing.
+# When a process ends badly the others are stopped (SIGTERM, then SIGKILL) and the job exits 1;
+# rerunning the same command resumes (launch/README.md, "The pipeline and failures").
 set -euo pipefail
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 DRY_RUN="${DRY_RUN:-0}"
