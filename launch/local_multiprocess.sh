@@ -44,21 +44,22 @@ fi
 
 mkdir -p "$LOG_DIR"
 pids=()
+running=()  # indices of the processes whose exit status has not been read
 STOP_GRACE_S=10
 # A failed or interrupted process leaves its peers blocked in a collective: stop them all, politely
 # first (SIGTERM), then for sure: a process that outlived the job would hold its devices and port.
 stop() {
-  local p t alive
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  local j t alive
+  for j in "${running[@]}"; do kill -TERM "${pids[$j]}" 2>/dev/null || true; done
   for ((t = 0; t < STOP_GRACE_S * 10; t++)); do
     alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    for j in "${running[@]}"; do kill -0 "${pids[$j]}" 2>/dev/null && alive=1; done
     ((alive)) || return 0
     sleep 0.1
   done
-  for ((i = 0; i < N; i++)); do
-    if kill -KILL "${pids[$i]}" 2>/dev/null; then
-      echo "warning: process $i did not stop within $STOP_GRACE_S s of SIGTERM: killed" >&2
+  for j in "${running[@]}"; do
+    if kill -KILL "${pids[$j]}" 2>/dev/null; then
+      echo "warning: process $j did not stop within $STOP_GRACE_S s of SIGTERM: killed" >&2
     fi
   done
 }
@@ -66,14 +67,13 @@ trap stop EXIT INT TERM
 for ((i = 0; i < N; i++)); do
   # exec: the pid is the process itself, not a subshell that a signal would end while it runs on.
   eval "exec ${commands[$i]}" >"$LOG_DIR/process_$i.log" 2>&1 &
-  pids+=("$!")
+  pids+=("$!"); running+=("$i")
 done
 tail -n +1 -f "$LOG_DIR/process_0.log" --pid "${pids[0]}" &
 # Whichever process fails first stops the job (its peers would wait for it in their next collective).
-# `wait -n PIDS` skips a process that bash already reaped (two that end together, at the job's exit
-# barrier), so each one's status is read by `wait PID`, which bash keeps for reaped processes.
+# `wait -n PIDS` fails at once when bash has already reaped those processes (two that end together,
+# at the job's exit barrier), so each one's status is read by `wait PID`, kept by bash for reaped ones.
 status=0
-running=("${!pids[@]}")
 while ((${#running[@]})); do
   live=()
   for i in "${running[@]}"; do live+=("${pids[$i]}"); done
