@@ -9,6 +9,8 @@
 # runs a script instead, with the same arguments). Process i writes LOG_DIR/process_i.log (LOG_DIR
 # defaults to the current folder); process 0's log is also shown here. PORT picks the coordinator
 # port (default: a free one). DRY_RUN=1 or --dry-run prints the commands and runs nothing.
+# When a process ends badly the others are stopped (SIGTERM, then SIGKILL) and the job exits 1;
+# rerunning the same command resumes (launch/README.md, "The pipeline and failures").
 set -euo pipefail
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 DRY_RUN="${DRY_RUN:-0}"
@@ -42,21 +44,51 @@ fi
 
 mkdir -p "$LOG_DIR"
 pids=()
-# A failed or interrupted process leaves its peers blocked in a collective: stop them all.
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
+running=()  # indices of the processes whose exit status has not been read
+STOP_GRACE_S=10
+# A failed or interrupted process leaves its peers blocked in a collective: stop them all, politely
+# first (SIGTERM), then for sure: a process that outlived the job would hold its devices and port.
+stop() {
+  local j t alive
+  for j in "${running[@]}"; do kill -TERM "${pids[$j]}" 2>/dev/null || true; done
+  for ((t = 0; t < STOP_GRACE_S * 10; t++)); do
+    alive=0
+    for j in "${running[@]}"; do kill -0 "${pids[$j]}" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+  done
+  for j in "${running[@]}"; do
+    if kill -KILL "${pids[$j]}" 2>/dev/null; then
+      echo "warning: process $j did not stop within $STOP_GRACE_S s of SIGTERM: killed" >&2
+    fi
+  done
+}
+trap stop EXIT INT TERM
 for ((i = 0; i < N; i++)); do
-  eval "${commands[$i]}" >"$LOG_DIR/process_$i.log" 2>&1 &
-  pids+=("$!")
+  # exec: the pid is the process itself, not a subshell that a signal would end while it runs on.
+  eval "exec ${commands[$i]}" >"$LOG_DIR/process_$i.log" 2>&1 &
+  pids+=("$!"); running+=("$i")
 done
 tail -n +1 -f "$LOG_DIR/process_0.log" --pid "${pids[0]}" &
 # Whichever process fails first stops the job (its peers would wait for it in their next collective).
+# `wait -n PIDS` fails at once when bash has already reaped those processes (two that end together,
+# at the job's exit barrier), so each one's status is read by `wait PID`, kept by bash for reaped ones.
 status=0
-for ((left = N; left > 0; left--)); do
-  if ! wait -n -p finished "${pids[@]}"; then
-    for ((i = 0; i < N; i++)); do [[ "${pids[$i]}" == "$finished" ]] && break; done
-    status=1; echo "error: process $i failed; see $LOG_DIR/process_$i.log" >&2; cleanup; break
-  fi
+while ((${#running[@]})); do
+  live=()
+  for i in "${running[@]}"; do live+=("${pids[$i]}"); done
+  wait -n "${live[@]}" 2>/dev/null || true
+  still=()
+  for i in "${running[@]}"; do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then still+=("$i"); continue; fi
+    rc=0; wait "${pids[$i]}" 2>/dev/null || rc=$?
+    if ((rc)); then
+      why="exit status $rc"; ((rc > 128)) && why="killed by SIG$(kill -l $((rc - 128)))"
+      status=1; echo "error: process $i failed ($why); see $LOG_DIR/process_$i.log" >&2
+    fi
+  done
+  if ((status)); then stop; break; fi
+  running=("${still[@]}")
 done
 wait 2>/dev/null || true
 exit "$status"

@@ -117,15 +117,25 @@ def without_neutral_fields(config: dict) -> dict:
     return out
 
 
+# Where a process sits in its job (its coordinator's address, with a free port picked per launch,
+# and its own id), never what the job computes. Fingerprints read them at their one-process value,
+# which every run recorded without a job holds, so its fingerprint is the one it always had.
+PLACEMENT_FIELDS = {"distributed.coordinator_address": "", "distributed.process_id": 0}
+
+
 def what_it_computes(config: dict) -> dict:
     """A copy of a config dict for fingerprints: without `HOW_FIELDS`, nor `ADDED_FIELDS` at their
-    neutral value; equal for configs that differ only there, and for configs written before such a
-    field existed."""
+    neutral value, with `PLACEMENT_FIELDS` at their one-process value; equal for configs that differ
+    only there, and for configs written before such a field existed."""
     out = without_neutral_fields(config)
     for dotted in HOW_FIELDS:
         node, leaf = _parent(out, dotted)
         if node is not None:
             node.pop(leaf, None)
+    for dotted, value in PLACEMENT_FIELDS.items():
+        node, leaf = _parent(out, dotted)
+        if node is not None and leaf in node:
+            node[leaf] = value
     return out
 
 

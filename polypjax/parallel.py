@@ -25,6 +25,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """
     if jax.distributed.is_initialized():
         return
+    # JAX's preemption service turns SIGTERM into a notice for preemption sync points, which no
+    # polypjax code reaches: the process would run on after a launcher or scheduler stopped the job
+    # (its peers dead, it waits in a collective). Without it SIGTERM ends the process, and rerunning
+    # the command resumes from the last checkpoint.
+    jax.config.update("jax_enable_preemption_service", False)
     if coordinator_address is not None:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
         return

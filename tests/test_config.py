@@ -307,3 +307,16 @@ def test_regime_names_with_aug_run_that_regime_augmented():
         c.segmentation.regimes = ("real", bad)
         with pytest.raises(configlib.ConfigError, match=re.escape(f"config.segmentation.regimes: '{bad}' is unknown")):
             configlib.resolve(c, pipeline.validate)
+
+
+def test_fingerprints_leave_out_where_a_process_sits_in_its_job():
+    """The coordinator's address (a free port per launch) and the process id change with every
+    launch of the same job: a run's fingerprint (a generated folder's record of its generator) does
+    not, and equals that of the run made without a job."""
+    one = json.loads(json.dumps(_load("diffusion").to_dict()))
+    job = json.loads(json.dumps(one))
+    job["distributed"].update(coordinator_address="localhost:43567", process_id=1)
+    assert configlib.what_it_computes(job) == configlib.what_it_computes(one)
+    job["distributed"]["num_processes"] = 2  # how many share the data is part of what training computes
+    assert configlib.what_it_computes(job) != configlib.what_it_computes(one)
+    assert one["distributed"]["coordinator_address"] == "" and one["distributed"]["process_id"] == 0

@@ -1,7 +1,9 @@
 """The pipeline end to end in 2 processes x 1 CPU device (launch/local_multiprocess.sh), with the
 diffusion and the GAN generator side by side (configs/pipeline.py:mini_gan, sample mode, two
 regimes): every stage runs across both processes, process 0 alone writes the pipeline's records and
-report, generation splits its pairs between the processes, and the compute columns are filled."""
+report, generation splits its pairs between the processes, and the compute columns are filled. A job
+whose process dies (fails, or is killed in any kind of stage) ends at once, and rerunning the same
+command gives the uninterrupted job's results, bit for bit."""
 import csv
 import json
 import os
@@ -21,25 +23,41 @@ STAGES = [f"generators/{g}" for g in GENERATORS] + [f"generated/{g}" for g in GE
     f"segmentation/{g}/unet/mixed/all/0" for g in GENERATORS]
 
 
+ARGS = ["--config=configs/pipeline.py:mini_gan", "--config.generate.modes=('sample',)",
+        "--config.segmentation.low_data.sizes=()"]
+
+
+def _launch(workdir: pathlib.Path, log_dir: pathlib.Path) -> subprocess.Popen:
+    """The 2-process pipeline job (the launcher's own process group, so a test can end all of it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "LOG_DIR": str(log_dir),
+           "EXTRA_XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen(["bash", str(ROOT / "launch" / "local_multiprocess.sh"), "2", "1", *ARGS,
+                             f"--workdir={workdir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, log_dir: pathlib.Path, timeout: float = TIMEOUT_S) -> dict:
+    """Waits for a job that should succeed; the processes' logs."""
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"2-process pipeline did not finish in {timeout:.0f} s:\n{_log_tails(log_dir)}")
+    assert proc.returncode == 0, _log_tails(log_dir)
+    return {p: (log_dir / f"process_{p}.log").read_text() for p in (0, 1)}
+
+
+def _log_tails(log_dir: pathlib.Path) -> str:
+    return "\n---\n".join((log_dir / f"process_{p}.log").read_text()[-3000:] for p in (0, 1)
+                           if (log_dir / f"process_{p}.log").exists())
+
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     wd = tmp_path_factory.mktemp("mp_pipeline")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "LOG_DIR": str(wd / "logs"),
-           "EXTRA_XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    env.pop("XLA_FLAGS", None)
-    args = ["--config=configs/pipeline.py:mini_gan", f"--workdir={wd / 'run'}",
-            "--config.generate.modes=('sample',)", "--config.segmentation.low_data.sizes=()"]
-    proc = subprocess.Popen(["bash", str(ROOT / "launch" / "local_multiprocess.sh"), "2", "1", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"2-process pipeline did not finish in {TIMEOUT_S} s:\n{out[-3000:]}")
-    logs = {p: (wd / "logs" / f"process_{p}.log").read_text() for p in (0, 1)}
-    assert proc.returncode == 0, logs[0][-3000:] + "\n---\n" + logs[1][-3000:]
+    logs = _finish(_launch(wd / "run", wd / "logs"), wd / "logs")
     return wd / "run", logs
 
 
@@ -96,7 +114,7 @@ def test_a_failed_process_stops_the_job_at_once(tmp_path):
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S, start_new_session=True)
     elapsed = time.monotonic() - start
     assert proc.returncode == 1
-    assert "error: process 1 failed; see" in proc.stderr
+    assert "error: process 1 failed (exit status 1); see" in proc.stderr
     assert "error: process 1 failed (RuntimeError: injected failure on process 1)" in (
         tmp_path / "logs" / "process_1.log").read_text()
     assert elapsed < 120, f"the job took {elapsed:.0f} s to stop"  # jax's barrier would hold it for minutes
@@ -119,3 +137,171 @@ def test_pairs_equal_a_one_process_run(job, tmp_path):
             two = {p.name: p.read_bytes() for p in (stage / d).iterdir()}
             one = {p.name: p.read_bytes() for p in (tmp_path / g / d).iterdir()}
             assert two == one, (g, d, sorted(set(two) ^ set(one)))
+
+
+# --------------------------------------------------------------------------- one process killed
+
+# One kill in each kind of stage, in the order the pipeline reaches them: (stage, the file whose
+# appearance says the stage's work is under way, the process killed). The other process is never
+# touched: the launcher must end it. The GAN trains through the same loop as the diffusion model
+# (its resume is tested in one process by tests/test_gan.py): one generator is killed, for time.
+KILLS = [("generators/joint", "checkpoints/2", 0),  # generator training after its first checkpoint
+         ("generated/joint", "generation.json", 1),  # generation, once pairs are on disk (below)
+         ("segmentation/none/unet/real/all/0", "checkpoints/2", 0),  # segmenter training
+         ("evaluation/joint", "config.json", 1)]  # evaluate_generation, inside its task
+STOP_S = 20  # from the kill to the launcher's exit, every process gone (it takes about 1 s)
+
+
+def _job_processes(workdir: pathlib.Path) -> dict[int, list[int]]:
+    """pid(s) of the processes whose command line names `workdir` (the launcher's included), by the
+    process id they were given (-1: none given)."""
+    out = {}
+    flag = f"--workdir={workdir}".encode()
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not a process
+            continue
+        if flag not in argv:
+            continue
+        ids = [int(a.rsplit(b"=", 1)[1]) for a in argv if a.startswith(b"--config.distributed.process_id=")]
+        out.setdefault(ids[0] if ids else -1, []).append(int(entry.name))
+    return out
+
+
+def _python_pid(workdir: pathlib.Path, process: int) -> int:
+    """The pid of job process `process`, once it runs python."""
+    for pid in _job_processes(workdir).get(process, []):
+        if pathlib.Path(f"/proc/{pid}/exe").resolve().name.startswith("python"):
+            return pid
+    raise AssertionError(f"no python process {process} of {workdir}")
+
+
+def _manifest_ids(folder: pathlib.Path) -> dict[str, list[str]]:
+    """Each manifest's ids (a line still being written is not one)."""
+    return {m.name: sorted(json.loads(line)["id"] for line in m.read_text().rpartition("\n")[0].splitlines())
+            for m in sorted(folder.glob("manifest*.jsonl"))}
+
+
+def _wait_for(path: pathlib.Path, proc: subprocess.Popen, what: str, test=pathlib.Path.exists) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not test(path):
+        assert proc.poll() is None, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {TIMEOUT_S} s"
+        time.sleep(0.01)
+
+
+def _written(folder: pathlib.Path) -> dict[str, int]:
+    """The pairs a generated folder's manifests list: id -> inode of its image."""
+    ids = [i for m in _manifest_ids(folder).values() for i in m]
+    return {i: (folder / "images" / f"{i}.png").stat().st_ino for i in ids}
+
+
+def _run_in_slices(pids: list[int], written, proc: subprocess.Popen, slice_s: float = 0.003) -> dict:
+    """Lets `pids` run `slice_s` at a time (SIGCONT, SIGSTOP) until `written()` lists a pair; they are
+    left stopped. What `written()` saw then."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        seen = written()
+        if seen:
+            return seen
+        assert proc.poll() is None and time.monotonic() < deadline, "no pair written"
+        for p in pids:
+            os.kill(p, signal.SIGCONT)
+        time.sleep(slice_s)
+
+
+def _kill_in(workdir: pathlib.Path, log_dir: pathlib.Path, stage: str, trigger: str, victim: int) -> dict:
+    """Starts the job, SIGKILLs process `victim` once `stage/trigger` appears and checks that the
+    launcher ends the job at once: non-zero, naming the killed process, no process of the job left.
+    The pairs a generated folder held when the process died."""
+    proc = _launch(workdir, log_dir)
+    try:
+        _wait_for(workdir / stage / trigger, proc, f"{stage}/{trigger}")
+        pid = _python_pid(workdir, victim)
+        held = {}
+        if stage.startswith("generated/"):
+            # Mid-folder: a folder's pairs land within a tenth of a second (SIGSTOPping one process
+            # stalls both: sampling is one program across them), so the job runs in slices of a
+            # few milliseconds until a pair is on disk, and the victim dies with the rest unwritten.
+            both = [pid, _python_pid(workdir, 1 - victim)]
+            held = _run_in_slices(both, lambda: _written(workdir / stage), proc)
+            os.kill(pid, signal.SIGKILL)
+            os.kill(both[1], signal.SIGCONT)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        try:
+            _, err = proc.communicate(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"killed in {stage}: the job still ran {STOP_S} s after process {victim} died")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0 and f"error: process {victim} failed (killed by SIGKILL)" in err, (stage, err[-2000:])
+    assert "did not stop" not in err, (stage, err[-2000:])  # the survivor ends on the launcher's SIGTERM
+    left = _job_processes(workdir)
+    assert not left, f"killed in {stage}, processes of the job still run after the launcher ended: {left}"
+    record = json.loads((workdir / stage / "stage.json").read_text())
+    assert record["status"] == "running", f"{stage} recorded as {record['status']} though its process was killed"
+    return held
+
+
+def _state_digest(stage_dir: pathlib.Path, task: str) -> str:
+    """sha256 of every array of the final checkpoint (parameters, EMA, optimizer state, RNG, step)."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    from polypjax.train import loop
+    _, state = loop.restore_run(stage_dir, task)
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        a = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}".encode() + a.tobytes())
+    return digest.hexdigest()
+
+
+def _results(run: pathlib.Path) -> dict:
+    """What a run computed, with the run's own path and the stages' timings left out."""
+    out = {}
+    for path in sorted(run.rglob("*")):
+        rel = str(path.relative_to(run))
+        if path.suffix == ".png" or rel == "report/results.csv":
+            out[rel] = path.read_bytes()
+        elif path.suffix == ".json" and path.name not in ("stage.json", "compute.json", "config.json") \
+                and "/checkpoints/" not in rel:  # config.json: the input, with this launch's port
+            out[rel] = path.read_text().replace(str(run), "<run>")
+    for g in GENERATORS:
+        out[f"generated/{g} manifests"] = _manifest_ids(run / "generated" / g)
+        out[f"generators/{g} state"] = _state_digest(run / "generators" / g, "train_diffusion")
+    for rel in STAGES:
+        if rel.startswith("segmentation/"):
+            out[f"{rel} state"] = _state_digest(run / rel, "train_segmentation")
+    return out
+
+
+def test_a_process_killed_in_each_kind_of_stage_reruns_to_the_same_results(job, tmp_path):
+    """One chaos run: process 0 or 1 SIGKILLed in generator training, generation (mid-folder),
+    segmenter training and evaluation in turn, the same command rerun after each kill
+    and once more to the end; then every result equals the uninterrupted job's, bit for bit."""
+    run = tmp_path / "run"
+    held = {}
+    for n, (stage, trigger, victim) in enumerate(KILLS):
+        held[stage] = _kill_in(run, tmp_path / f"logs{n}", stage, trigger, victim)
+    log_dir = tmp_path / f"logs{len(KILLS)}"
+    logs = _finish(_launch(run, log_dir), log_dir)
+    for stage, _, _ in KILLS:
+        record = json.loads((run / stage / "stage.json").read_text())
+        assert record["status"] == "done" and record["runs"] == 2, (stage, record["status"], record["runs"])
+    # Generation resumed from the pairs on disk: those written before the kill are the same files.
+    assert 0 < len(held["generated/joint"]) < 12, held
+    assert _written(run / "generated/joint").items() >= held["generated/joint"].items()
+    reference, chaos = _results(job[0]), _results(run)
+    assert reference.keys() == chaos.keys(), set(reference) ^ set(chaos)
+    differ = [k for k in reference if reference[k] != chaos[k]]
+    assert not differ, f"differ from the uninterrupted run: {differ}\n{_log_tails(log_dir)}"
+    assert "[pipeline] stage report" in logs[0]
