@@ -52,7 +52,8 @@ def test_every_pipeline_variant_builds_valid_stage_configs(variant, tmp_path):
     for model in r.segmentation.models:
         for regime in r.segmentation.regimes:
             seg = tasks.resolve(pipeline.segmentation_config(r, model, regime, seed=0, synthetic=str(stage_dir)))
-            assert seg.data.image_size == r.data.image_size and seg.regime.kind == regime
+            assert seg.data.image_size == r.data.image_size and seg.regime.kind == pipeline.regime_kind(regime)
+            assert seg.regime.augment == regime.endswith("+aug")
 
 
 def test_pipeline_modes_are_checked():
