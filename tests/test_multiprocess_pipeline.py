@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -120,9 +121,16 @@ def test_a_failed_process_stops_the_job_at_once(tmp_path):
     assert elapsed < 120, f"the job took {elapsed:.0f} s to stop"  # jax's barrier would hold it for minutes
 
 
+def _pixels(path):
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
 def test_pairs_equal_a_one_process_run(job, tmp_path):
-    """Pair i depends only on the seed, i and the settings: the 2-process job's pairs, bitwise equal
-    to one process generating with the same generator and settings."""
+    """Pair i depends only on the seed, i and the settings: the 2-process job's pairs equal one
+    process generating with the same generator and settings (masks exactly, frames up to one level
+    of float rounding in a few pixels: another batch shape per device may sum in another order)."""
     import ml_collections
 
     from polypjax import main
@@ -134,9 +142,18 @@ def test_pairs_equal_a_one_process_run(job, tmp_path):
         c.mesh.data = 1
         main.run(c, str(tmp_path / g))
         for d in ("images", "masks"):
-            two = {p.name: p.read_bytes() for p in (stage / d).iterdir()}
-            one = {p.name: p.read_bytes() for p in (tmp_path / g / d).iterdir()}
-            assert two == one, (g, d, sorted(set(two) ^ set(one)))
+            two = {p.name: _pixels(p) for p in (stage / d).iterdir()}
+            one = {p.name: _pixels(p) for p in (tmp_path / g / d).iterdir()}
+            assert two.keys() == one.keys(), (g, d, sorted(set(two) ^ set(one)))
+            for name in two:
+                if d == "masks":
+                    assert np.array_equal(two[name], one[name]), (g, name)
+                    continue
+                # Two processes run each batch at half the local size, and XLA's CPU kernels (and
+                # oneDNN's) may sum a convolution in another order at another batch shape: the same
+                # pair can round one level apart in a few pixels (seen for the GAN under load).
+                diff = np.abs(two[name].astype(int) - one[name].astype(int))
+                assert diff.max() <= 1 and (diff > 0).mean() <= 0.005, (g, name, diff.max(), (diff > 0).mean())
 
 
 # --------------------------------------------------------------------------- one process killed
