@@ -4,6 +4,7 @@
     --config=configs/pipeline.py:quickstart  the README's first command (= configs/quickstart.py)
     --config=configs/pipeline.py:mini        every stage at toy size (tests; its numbers mean nothing)
     --config=configs/pipeline.py:kvasir_cpu  real Kvasir-SEG at 64 px on a CPU (= configs/kvasir_cpu.py)
+    --config=configs/pipeline.py:kvasir_gpu  real Kvasir-SEG at 128 px on one GPU (= configs/kvasir_gpu.py)
     --config=configs/pipeline.py:paper       the paper's setting for accelerators (= configs/paper.py)
 
 Each stage's config is its task's own configs/*.py plus the overrides below (see
@@ -69,7 +70,8 @@ def get_config(variant: str = "cpu"):
     # A blinded real-vs-synthetic page of the first generator's pairs (polypjax.review), linked from the report.
     config.review = ml_collections.ConfigDict({"enabled": True, "n": 20, "seed": 0, "show_masks": True})
     variants = {"cpu": lambda c: None, "demo": lambda c: None, "quickstart": _quickstart, "mini": _miniature,
-                "mini_gan": _miniature_gan, "kvasir_cpu": _kvasir_cpu, "paper": _paper}
+                "mini_gan": _miniature_gan, "kvasir_cpu": _kvasir_cpu,
+                "kvasir_gpu": _kvasir_gpu, "paper": _paper}
     if variant not in variants:
         raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(variants)}")
     variants[variant](config)
@@ -131,6 +133,43 @@ def _kvasir_cpu(config):
     s.low_data.update({"sizes": (50,), "regimes": ("real", "copy_paste", "mixed")})
     s.overrides.data.update({"batch_size": 16, "worker_count": 2})
     s.overrides.train.update({"num_steps": 200, "checkpoint_every": 100})
+
+
+def _kvasir_gpu(config):
+    """Real Kvasir-SEG at 128 px on one H100/H200-class GPU, the smallest grid that answers "do the
+    painted pairs beat copy-paste + augmentation at N = 50": RePaint pairs from a generator trained
+    on all the training pairs (the paper protocol), three seeds of real + augmentation, copy-paste +
+    augmentation and mixed + augmentation at N = 50, exposure-matched, step counts from a validation
+    split. Compute in bfloat16, parameters and optimiser state in float32.
+
+    The generator's size comes from XLA's cost analysis (compute.step_flops, CPU, 2026-12-04): this
+    ADM (128 channels, (1, 1, 2, 3, 4), one res block, attention at 16 and 8) costs 262 GFLOP per
+    image per training step at 128 px, so 64 images a step are 16.7 TFLOP; at an assumed 25 % MFU
+    of the H200's measured 790 TFLOP/s bf16 peak that is 0.085 s a step, and 1000 steps (79 epochs
+    of the pool) about 85-90 s: the "about 2 minutes" of the accelerator issue with compile time.
+    tools/device_run.sh runs it (tools/README.md, "Measurements", has what it took)."""
+    _kvasir_cpu(config)
+    config.data.image_size = 128
+    g = config.generators.joint.overrides
+    g.data.update({"batch_size": 64, "worker_count": 4})
+    g.model.update({"channels": 128, "channel_mult": (1, 1, 2, 3, 4), "attention_resolutions": (16, 8),
+                    "num_head_channels": 64, "dtype": "bfloat16"})
+    g.train.update({"num_steps": 1000, "checkpoint_every": 1000, "log_every": 100})
+    # RePaint on a DDIM schedule (45 UNet calls a pair) into half of the pool's frames (the
+    # generation metrics' set) and into each N's own 50 frames.
+    config.generate.update({"modes": ("inpaint",), "multiple": 0.5})
+    config.generate.overrides.generate.update({"batch_size": 64})
+    s = config.segmentation
+    s.models.unet.model.update({"dtype": "bfloat16", "kwargs": {"features": (32, 64, 128, 256)}})
+    s.regimes = ()  # the full set only trains the judge of label consistency (its first seed)
+    s.seeds = (0, 1, 2)
+    s.validation.update({"fraction": 0.1, "max_steps": 600, "eval_every": 100})
+    s.low_data.update({"sizes": (50,), "regimes": ("real_augment", "copy_paste+aug", "mixed+aug"),
+                       "protocols": ("paper",)})
+    s.augmented_copies = False
+    s.overrides.data.update({"batch_size": 32, "worker_count": 4})
+    s.overrides.train.update({"num_steps": 400, "checkpoint_every": 10_000, "log_every": 100})
+    config.review.n = 20
 
 
 def _paper(config):

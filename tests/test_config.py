@@ -26,7 +26,7 @@ def test_derived_fields_follow_overrides():
     assert tasks.resolve(c).data.eval_batch_size == 7
 
 
-@pytest.mark.parametrize("variant", ["quickstart", "demo", "mini", "kvasir_cpu", "paper"])
+@pytest.mark.parametrize("variant", ["quickstart", "demo", "mini", "kvasir_cpu", "kvasir_gpu", "paper"])
 def test_every_pipeline_variant_builds_valid_stage_configs(variant, tmp_path):
     """Each shipped pipeline config resolves, and so does every stage config it would run (a bad
     override in a variant would otherwise surface only when that stage starts, maybe hours in)."""
