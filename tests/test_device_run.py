@@ -29,7 +29,7 @@ def test_reduced_device_run(tmp_path):
     assert set(check["cases"]) == {"adm_train_paper"} and 0 < check["cases"]["adm_train_paper"]["mfu"] < 1
     assert not check["imports"]["tensorflow"]
     grid = json.loads((out / "kvasir_gpu.json").read_text())["cases"]["kvasir_gpu"]
-    assert grid["status"] == "done" and grid["runs"] > 0
+    assert grid["status"] == "done" and grid["result_rows"] > 0
     stages = grid["stage_wall_s"]
     # The smallest grid of configs/kvasir_gpu.py: at N the three augmented regimes, and the
     # plateau runs that set their step counts.
