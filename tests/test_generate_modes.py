@@ -173,3 +173,48 @@ def test_filter_rejects_pairs_the_segmenter_disagrees_with(trained_generator, tm
     for i in range(passing[2]):
         if i not in passing and dice[i] < threshold:
             assert f"label consistency dice {dice[i]:.3f} < {threshold}" in rejected[i]["reasons"], i
+
+
+@pytest.mark.parametrize("placement", ["away", "replace"])
+def test_paint_keeps_the_given_label_and_the_real_frame_outside_its_region(two_stage_generator, tmp_path,
+                                                                           placement):
+    """Label-exact painting: every pair's mask is the placed label bit for bit (away: the frame's own
+    polyp and the placed one; replace: the placed one only, the own polyp painted over), every pixel
+    outside the region is the real frame's, the region covers the label and was painted, the donor
+    is another frame, and guidance doubles the UNet calls."""
+    c = generate_config(two_stage_generator, num=4, batch=3)
+    c.generate.update(mode="paint", source="phantom-a")
+    c.generate.paint.placement = placement
+    c.generate.paint.copy_paste.update(min_distance=1, scale_min=0.6, scale_max=1.0)
+    c.generate.inpaint.update(sampler="repaint_ddim", steps=4, jump_length=2, jump_n_sample=2)
+    c.generate.sampler.guidance = 1.0
+    out = tmp_path / placement
+    summary = main.run(c, str(out))
+    src = FolderSource(out)
+    assert summary["mode"] == "paint" and len(src) == 4 and summary["empty_mask_fraction"] == 0.0
+    assert summary["unet_calls_per_pair"] == 2 * int((np.diff(generate.samplers.repaint_times(4, 2, 2)) < 0).sum())
+    resolved = tasks.resolve(c)
+    resolved.data.image_size = 16
+    real = catalog.make_source("phantom-a", resolved.data, default_split="train")
+    from polypjax.data.pipeline import resize_pair
+    mode = generate.Mode(tasks.resolve(c), generate.load_generator(two_stage_generator)[0], None)
+    placed = 0
+    for i, r in _records(out).items():
+        frame = resize_pair(real[r["source_frame"]], 16)
+        own = frame["mask"] > 0
+        _, label, region, _ = mode._placed(i)
+        pair, region = src[i], region.astype(bool)
+        np.testing.assert_array_equal(pair["mask"], label)
+        np.testing.assert_array_equal(pair["image"][~region], frame["image"][~region])
+        if not r["placed"]:
+            continue
+        placed += 1
+        assert r["donor_id"] != r["source_id"] and r["region"]["kind"] == f"paint_{placement}"
+        new = (label > 0) & ~own
+        assert new.any() and region[new].all()
+        if placement == "away":
+            assert (label[own] > 0).all()
+        else:
+            assert region[own].all()  # the own polyp lies inside the region: painted over
+        assert (pair["image"][region] != frame["image"][region]).any()
+    assert placed >= 3, placed

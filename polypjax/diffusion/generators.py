@@ -186,20 +186,35 @@ class TwoStageGenerator(Generator):
         return run_sampler(self._model_fn(self.mask_model, params["mask"]), self.sched, (n, s, s, 1), rng,
                            spec, pred=self.pred, learn_sigma=self.learn_sigma, indices=indices)
 
-    def sample_images(self, params, rng, masks, spec: SamplerSpec, indices=None):
-        """Images for given masks ([n,S,S,1] in [-1,1]), with guidance scale `spec.guidance`."""
+    def _image_model_fn(self, params, masks, guidance: float):
+        """The image model as a sampler's model_fn(x, t), conditioned on `masks` ([n,S,S,1], > 0 =
+        polyp) with classifier-free guidance `guidance` (0: the conditional model alone)."""
         cond = jnp.where(masks > 0, 1.0, -1.0)
         model = self.image_model
 
         def model_fn_cond(x, t, c):
             return model.apply({"params": params["image"]}, x, t, c, train=False).astype(jnp.float32)
 
-        if spec.guidance == 0.0:
-            model_fn = lambda x, t: model_fn_cond(x, t, cond)  # noqa: E731 - no second forward needed
-        else:
-            model_fn = samplers.cfg_model_fn(model_fn_cond, cond, spec.guidance, learn_sigma=self.learn_sigma)
-        return run_sampler(model_fn, self.sched, masks.shape[:3] + (3,), rng, spec, pred=self.pred,
-                           learn_sigma=self.learn_sigma, indices=indices)
+        if guidance == 0.0:
+            return lambda x, t: model_fn_cond(x, t, cond)  # no second forward needed
+        return samplers.cfg_model_fn(model_fn_cond, cond, guidance, learn_sigma=self.learn_sigma)
+
+    def sample_images(self, params, rng, masks, spec: SamplerSpec, indices=None):
+        """Images for given masks ([n,S,S,1] in [-1,1]), with guidance scale `spec.guidance`."""
+        return run_sampler(self._image_model_fn(params, masks, spec.guidance), self.sched, masks.shape[:3] + (3,),
+                           rng, spec, pred=self.pred, learn_sigma=self.learn_sigma, indices=indices)
+
+    def paint(self, params, rng, image_u8, region, masks, *, jump_length=10, jump_n_sample=10, steps=250,
+              guidance=0.0, indices=None, method="ddpm", eta=0.0):
+        """RePaint with the mask-conditioned image model: the frame is regenerated inside `region`
+        ({0,1} [n,S,S], 1 = new content) for the given `masks` ([n,S,S,1], > 0 = polyp), which are
+        the labels as they are; outside the region the real frame is kept. -> image float [-1,1]."""
+        image = image_u8.astype(jnp.float32) / 127.5 - 1.0
+        known_mask = (1.0 - region.astype(jnp.float32))[..., None]
+        spaced = self.sched if steps >= len(self.sched) else schedule_lib.respace(self.sched, [steps])
+        return samplers.repaint_sample(self._image_model_fn(params, masks, guidance), spaced, image, known_mask, rng,
+                                       jump_length=jump_length, jump_n_sample=jump_n_sample, pred=self.pred,
+                                       learn_sigma=self.learn_sigma, indices=indices, method=method, eta=eta)
 
     def sample(self, params, rng, n: int, spec: SamplerSpec, indices=None):
         k_mask, k_image = jax.random.split(rng)

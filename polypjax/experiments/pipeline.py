@@ -149,14 +149,14 @@ def synthetic_sets(config) -> list[tuple[str, str, str]]:
 def generate_config(config, generator_dir: pathlib.Path, num_samples: int, mode: str,
                     real_masks: pathlib.Path | None = None, real: str | None = None):
     """The generate stage of one mode: `generate.overrides`, then `generate.mode_overrides[mode]`;
-    `inpaint` and `sdedit` read the real training frames (`real`, default `data.train`),
+    `inpaint`, `paint` and `sdedit` read the real training frames (`real`, default `data.train`),
     `from_masks` the real training masks."""
     c = merge(_stage_base(config, "generate"), config.generate.overrides, "generate.overrides")
     merge(c, config.generate.get("mode_overrides", {}).get(mode, {}), f"generate.mode_overrides.{mode}")
     c.generate.generator_workdir = str(generator_dir)
     c.generate.num_samples = int(num_samples)
     c.generate.mode = mode
-    if mode in ("inpaint", "sdedit"):
+    if mode in ("inpaint", "paint", "sdedit"):
         c.generate.source = real or config.data.train
     if mode == "from_masks":
         c.generate.masks = str(real_masks)
