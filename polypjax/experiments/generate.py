@@ -7,7 +7,8 @@ Modes (`generate.mode`): `sample` (image + mask from noise), `inpaint` (the pape
 new polyp and its mask into a real frame of `generate.source`, inside the frame's mask dilated by an
 ellipse), `paint` (label-exact: a real polyp mask of another frame is placed in the frame and a
 two_stage generator's mask-conditioned image model paints the frame around it; the label is the
-placed mask, bit for bit, and the frame outside the dilated region is the real one), `sdedit` (real pairs noised to `sdedit.strength` and denoised) and `from_masks` (a
+placed mask, bit for bit, and the frame outside the dilated region is the real one; an `inpainter`
+generator fills the region in the sampler's steps, a two_stage one with RePaint), `sdedit` (real pairs noised to `sdedit.strength` and denoised) and `from_masks` (a
 two_stage image model on the user's masks in `generate.masks`).
 
 The folder holds images/*.png, masks/*.png and manifest*.jsonl (export.PairWriter), so it is itself
@@ -40,7 +41,7 @@ from polypjax.train import diffusion, loop
 
 # The generator families each mode can run (the generate task and the pipeline check this one table).
 # "gan_spade" is the mask-conditioned GAN (gan.joint false): it draws images for given masks only.
-MODE_FAMILIES = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "paint": ("two_stage",),
+MODE_FAMILIES = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "paint": ("two_stage", "inpainter"),
                  "sdedit": ("joint",), "from_masks": ("two_stage", "gan_spade")}
 MODES = tuple(MODE_FAMILIES)
 _MODE_NEEDS = {"sample": "a mask-conditioned GAN draws images for given masks: use mode 'from_masks'",
@@ -223,9 +224,9 @@ def _resize(image: np.ndarray | None, mask: np.ndarray, size: int):
 
 
 def dilation_radius(inpaint_config, size: int) -> int:
-    """The paper dilates by a 20x20 px ellipse at 256 px: radius 10 there, scaled with the size."""
+    """`inpaint.dilation` px, or (-1) the paper's radius scaled to the size."""
     r = int(inpaint_config.dilation)
-    return max(1, round(10 * size / 256)) if r < 0 else r
+    return generators.paper_dilation_radius(size) if r < 0 else r
 
 
 def ellipse_region(rng: np.random.Generator, size: int, fraction: float) -> np.ndarray:
@@ -377,6 +378,8 @@ class Mode:
 
     def unet_calls(self) -> int:
         """UNet forward passes per pair (per network: two_stage runs two networks)."""
+        if self.kind == "paint" and self.generator.kind == "inpainter":
+            return min(self.spec.steps, len(self.generator.sched))  # a plain sampler: no jumps
         if self.kind in ("inpaint", "paint"):
             p = self.g.inpaint
             times = samplers.repaint_times(p.steps, p.jump_length, p.jump_n_sample)
@@ -423,6 +426,11 @@ class Mode:
             return sdedit
         p = self.g.inpaint
         method = "ddim" if p.sampler == "repaint_ddim" else "ddpm"
+        if self.kind == "paint" and gen.kind == "inpainter":
+            def paint_trained(params, idx, inputs):
+                cond = inputs["mask"].astype(jnp.float32)[..., None] * 2.0 - 1.0
+                return gen.paint(params, key, inputs["image"], inputs["region"], cond, spec, indices=idx), cond
+            return paint_trained
         if self.kind == "paint":
             def paint(params, idx, inputs):
                 cond = inputs["mask"].astype(jnp.float32)[..., None] * 2.0 - 1.0
