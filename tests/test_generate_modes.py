@@ -173,3 +173,92 @@ def test_filter_rejects_pairs_the_segmenter_disagrees_with(trained_generator, tm
     for i in range(passing[2]):
         if i not in passing and dice[i] < threshold:
             assert f"label consistency dice {dice[i]:.3f} < {threshold}" in rejected[i]["reasons"], i
+
+
+@pytest.mark.parametrize("placement", ["away", "replace"])
+def test_paint_keeps_the_given_label_and_the_real_frame_outside_its_region(two_stage_generator, tmp_path,
+                                                                           placement):
+    """Label-exact painting: every pair's mask is the placed label bit for bit (away: the frame's own
+    polyp and the placed one; replace: the placed one only, the own polyp painted over), every pixel
+    outside the region is the real frame's, the region covers the label and was painted, the donor
+    is another frame, and guidance doubles the UNet calls."""
+    c = generate_config(two_stage_generator, num=4, batch=3)
+    c.generate.update(mode="paint", source="phantom-a")
+    c.generate.paint.placement = placement
+    c.generate.paint.copy_paste.update(min_distance=1, scale_min=0.6, scale_max=1.0)
+    c.generate.inpaint.update(sampler="repaint_ddim", steps=4, jump_length=2, jump_n_sample=2)
+    c.generate.sampler.guidance = 1.0
+    out = tmp_path / placement
+    summary = main.run(c, str(out))
+    src = FolderSource(out)
+    assert summary["mode"] == "paint" and len(src) == 4 and summary["empty_mask_fraction"] == 0.0
+    assert summary["unet_calls_per_pair"] == 2 * int((np.diff(generate.samplers.repaint_times(4, 2, 2)) < 0).sum())
+    resolved = tasks.resolve(c)
+    resolved.data.image_size = 16
+    real = catalog.make_source("phantom-a", resolved.data, default_split="train")
+    from polypjax.data.pipeline import resize_pair
+    mode = generate.Mode(tasks.resolve(c), generate.load_generator(two_stage_generator)[0], None)
+    placed = 0
+    for i, r in _records(out).items():
+        frame = resize_pair(real[r["source_frame"]], 16)
+        own = frame["mask"] > 0
+        _, label, region, _ = mode._placed(i)
+        pair, region = src[i], region.astype(bool)
+        np.testing.assert_array_equal(pair["mask"], label)
+        np.testing.assert_array_equal(pair["image"][~region], frame["image"][~region])
+        if not r["placed"]:
+            continue
+        placed += 1
+        assert r["donor_id"] != r["source_id"] and r["region"]["kind"] == f"paint_{placement}"
+        new = (label > 0) & ~own
+        assert new.any() and region[new].all()
+        if placement == "away":
+            assert (label[own] > 0).all()
+        else:
+            assert region[own].all()  # the own polyp lies inside the region: painted over
+        assert (pair["image"][region] != frame["image"][region]).any()
+    assert placed >= 3, placed
+
+
+@pytest.fixture(scope="module")
+def inpainter_generator(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("inpainter")
+    c = tiny_config("inpainter")
+    c.train.update(num_steps=2, checkpoint_every=2, eval_every=2)  # eval: repainted real frames
+    c.eval.num_samples = 2
+    main.run(c, str(wd))
+    assert (wd / "samples" / "step_000002.png").exists()
+    return wd
+
+
+def test_trained_inpainter_paints_in_the_sampler_steps_with_the_label_exact(inpainter_generator, tmp_path):
+    """The trained inpainter: mode paint in a plain sampler's steps (no RePaint jumps, no guidance
+    pass), the placed label bit for bit and the real frame outside the region."""
+    c = generate_config(inpainter_generator, num=3, batch=2)
+    c.generate.update(mode="paint", source="phantom-a")
+    c.generate.paint.copy_paste.update(min_distance=1, scale_min=0.6, scale_max=1.0)
+    c.generate.sampler.update(kind="ddim", steps=5, guidance=1.0)
+    summary = main.run(c, str(tmp_path / "out"))
+    assert summary["unet_calls_per_pair"] == 5 and summary["empty_mask_fraction"] == 0.0
+    src = FolderSource(tmp_path / "out")
+    mode = generate.Mode(tasks.resolve(c), generate.load_generator(inpainter_generator)[0], None)
+    for i in range(3):
+        image, label, region, _ = mode._placed(i)
+        region = region.astype(bool)
+        np.testing.assert_array_equal(src[i]["mask"], label)
+        np.testing.assert_array_equal(src[i]["image"][~region], image[~region])
+        assert (src[i]["image"][region] != image[region]).any()
+
+
+def test_device_dilation_is_the_host_rule():
+    """generators.dilate (the inpainter's training regions, on the device) grows a mask exactly as
+    generate's regions do on the host (skimage, an ellipse of radius r)."""
+    from skimage import morphology
+
+    from polypjax.diffusion import generators
+    rng = np.random.default_rng(0)
+    masks = (rng.random((3, 20, 20)) > 0.97).astype(np.uint8)
+    masks[0, 0, 0] = masks[1, 19, 10] = 1  # at the border too
+    for r in (1, 2, 3):
+        host = np.stack([morphology.dilation(m.astype(bool), morphology.ellipse(r, r)) for m in masks])
+        np.testing.assert_array_equal(np.asarray(generators.dilate(masks.astype(np.float32), r)) > 0, host)

@@ -4,6 +4,10 @@
   together; with RePaint it paints a new polyp and its mask into a real background.
 - `two_stage`: a mask model (1 channel), then an image model conditioned on the mask by
   concatenation, trained with condition dropout so sampling can use classifier-free guidance.
+- `inpainter`: a trained inpainter (mask-concat, as peers' inpainting DDPMs): the image model sees
+  the real frame with a region blanked, the region and the polyp mask as input channels and learns
+  to fill the region, so painting a frame for a given mask takes a plain sampler's steps (e.g. 25
+  DDIM calls) instead of RePaint's resampling jumps. It paints frames only: no pairs from noise.
 
 Data convention: images and masks both live in [-1, 1] inside the models (mask -1 = background,
 +1 = polyp); the null condition of the two-stage image model is all zeros, a value no real mask
@@ -16,12 +20,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from polypjax.diffusion import objectives, samplers
 from polypjax.diffusion import schedule as schedule_lib
 from polypjax.models.adm_unet import ADMUNet
 
-KINDS = ("joint", "two_stage", "gan")  # gan: diffusion/gan.py, the baseline
+KINDS = ("joint", "two_stage", "inpainter", "gan")  # gan: diffusion/gan.py, the baseline
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 
@@ -186,20 +191,35 @@ class TwoStageGenerator(Generator):
         return run_sampler(self._model_fn(self.mask_model, params["mask"]), self.sched, (n, s, s, 1), rng,
                            spec, pred=self.pred, learn_sigma=self.learn_sigma, indices=indices)
 
-    def sample_images(self, params, rng, masks, spec: SamplerSpec, indices=None):
-        """Images for given masks ([n,S,S,1] in [-1,1]), with guidance scale `spec.guidance`."""
+    def _image_model_fn(self, params, masks, guidance: float):
+        """The image model as a sampler's model_fn(x, t), conditioned on `masks` ([n,S,S,1], > 0 =
+        polyp) with classifier-free guidance `guidance` (0: the conditional model alone)."""
         cond = jnp.where(masks > 0, 1.0, -1.0)
         model = self.image_model
 
         def model_fn_cond(x, t, c):
             return model.apply({"params": params["image"]}, x, t, c, train=False).astype(jnp.float32)
 
-        if spec.guidance == 0.0:
-            model_fn = lambda x, t: model_fn_cond(x, t, cond)  # noqa: E731 - no second forward needed
-        else:
-            model_fn = samplers.cfg_model_fn(model_fn_cond, cond, spec.guidance, learn_sigma=self.learn_sigma)
-        return run_sampler(model_fn, self.sched, masks.shape[:3] + (3,), rng, spec, pred=self.pred,
-                           learn_sigma=self.learn_sigma, indices=indices)
+        if guidance == 0.0:
+            return lambda x, t: model_fn_cond(x, t, cond)  # no second forward needed
+        return samplers.cfg_model_fn(model_fn_cond, cond, guidance, learn_sigma=self.learn_sigma)
+
+    def sample_images(self, params, rng, masks, spec: SamplerSpec, indices=None):
+        """Images for given masks ([n,S,S,1] in [-1,1]), with guidance scale `spec.guidance`."""
+        return run_sampler(self._image_model_fn(params, masks, spec.guidance), self.sched, masks.shape[:3] + (3,),
+                           rng, spec, pred=self.pred, learn_sigma=self.learn_sigma, indices=indices)
+
+    def paint(self, params, rng, image_u8, region, masks, *, jump_length=10, jump_n_sample=10, steps=250,
+              guidance=0.0, indices=None, method="ddpm", eta=0.0):
+        """RePaint with the mask-conditioned image model: the frame is regenerated inside `region`
+        ({0,1} [n,S,S], 1 = new content) for the given `masks` ([n,S,S,1], > 0 = polyp), which are
+        the labels as they are; outside the region the real frame is kept. -> image float [-1,1]."""
+        image = image_u8.astype(jnp.float32) / 127.5 - 1.0
+        known_mask = (1.0 - region.astype(jnp.float32))[..., None]
+        spaced = self.sched if steps >= len(self.sched) else schedule_lib.respace(self.sched, [steps])
+        return samplers.repaint_sample(self._image_model_fn(params, masks, guidance), spaced, image, known_mask, rng,
+                                       jump_length=jump_length, jump_n_sample=jump_n_sample, pred=self.pred,
+                                       learn_sigma=self.learn_sigma, indices=indices, method=method, eta=eta)
 
     def sample(self, params, rng, n: int, spec: SamplerSpec, indices=None):
         k_mask, k_image = jax.random.split(rng)
@@ -208,10 +228,88 @@ class TwoStageGenerator(Generator):
         return images, jnp.where(masks > 0, 1.0, -1.0)
 
 
+def paper_dilation_radius(size: int) -> int:
+    """The paper dilates a mask by a 20x20 px ellipse at 256 px: radius 10 there, scaled with the size."""
+    return max(1, round(10 * size / 256))
+
+
+def dilate(region: jax.Array, radius: int) -> jax.Array:
+    """{0,1} [n,S,S] grown by the footprint generate's host-side regions use (skimage's ellipse of
+    radius `radius`, taken from skimage itself so the two cannot drift apart), on the device: a max
+    over the footprint's offsets, unrolled at trace time."""
+    from skimage import morphology
+    if radius <= 0:
+        return region
+    padded = jnp.pad(region, ((0, 0), (radius, radius), (radius, radius)))
+    out = region
+    for dy, dx in np.argwhere(morphology.ellipse(radius, radius)):
+        out = jnp.maximum(out, lax.dynamic_slice(padded, (0, int(dy), int(dx)), region.shape))
+    return out
+
+
+def paint_condition(image, region, masks):
+    """The inpainter's input channels: the frame with the region blanked (0, mid-grey in [-1, 1]),
+    the region and the polyp mask, both in [-1, 1] -> [n,S,S,5]."""
+    r = region.astype(jnp.float32)[..., None]
+    return jnp.concatenate([image * (1.0 - r), r * 2.0 - 1.0, jnp.where(masks > 0, 1.0, -1.0)], -1)
+
+
+class InpainterGenerator(Generator):
+    """The trained inpainter: x0 = the real frame, conditioned on paint_condition(frame, region,
+    mask) with the region the frame's own mask dilated by `paint_radius` px (a random square of a
+    third of the side where a frame has no polyp), so it learns to paint a polyp of a given shape
+    and the mucosa around it from the context outside."""
+
+    kind = "inpainter"
+    paints_frames = True  # paint(params, rng, image_u8, region, masks, spec) instead of sample()
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = make_unet(config.model, in_channels=3, out_channels=3, cond_channels=5)
+        self.paint_radius = paper_dilation_radius(self.image_size)
+
+    def init(self, rng, batch):
+        s = self.image_size
+        params = self.model.init({"params": rng}, jnp.zeros((1, s, s, 3)), jnp.zeros((1,), jnp.int32),
+                                 jnp.zeros((1, s, s, 5)))["params"]
+        return {"inpainter": params}, {}
+
+    def training_region(self, mask, rng):
+        """{0,1} [n,S,S]: the dilated mask, or a random square where the mask is empty."""
+        n, s = mask.shape[0], self.image_size
+        region = dilate((mask[..., 0] > 0).astype(jnp.float32), self.paint_radius)
+        side = max(2, s // 3)
+        corner = jax.random.randint(rng, (n, 2), 0, s - side + 1)
+        yy, xx = jnp.arange(s)[None, :, None], jnp.arange(s)[None, None, :]
+        box = ((yy >= corner[:, :1, None]) & (yy < corner[:, :1, None] + side)
+               & (xx >= corner[:, 1:, None]) & (xx < corner[:, 1:, None] + side)).astype(jnp.float32)
+        empty = region.reshape(n, -1).max(axis=1) == 0
+        return jnp.where(empty[:, None, None], box, region)
+
+    def loss(self, params, model_state, batch, rng):
+        image, mask = to_model_range(batch)
+        k_region, k_loss = jax.random.split(rng)
+        cond = paint_condition(image, self.training_region(mask, k_region), mask)
+        terms = self._unet_loss(self.model, params["inpainter"], image, k_loss, cond=cond)
+        return terms["loss"].mean(), ({"mse": terms["mse"].mean(), "vb": terms["vb"].mean()}, model_state)
+
+    def paint(self, params, rng, image_u8, region, masks, spec: SamplerSpec, indices=None):
+        """The frame regenerated inside `region` for the given `masks` ([n,S,S,1], > 0 = polyp),
+        in `spec.steps` sampler steps; the caller composites the real frame outside the region.
+        -> image float [-1,1]."""
+        image = image_u8.astype(jnp.float32) / 127.5 - 1.0
+        cond = paint_condition(image, region, masks)
+        model_fn = self._model_fn(self.model, params["inpainter"], cond)
+        return run_sampler(model_fn, self.sched, image.shape, rng, spec, pred=self.pred,
+                           learn_sigma=self.learn_sigma, indices=indices)
+
+
 def make_generator(config):
     kind = config.generator.kind
     if kind == "joint":
         return JointGenerator(config)
+    if kind == "inpainter":
+        return InpainterGenerator(config)
     if kind == "two_stage":
         return TwoStageGenerator(config)
     if kind == "gan":

@@ -5,7 +5,10 @@
 
 Modes (`generate.mode`): `sample` (image + mask from noise), `inpaint` (the paper: RePaint paints a
 new polyp and its mask into a real frame of `generate.source`, inside the frame's mask dilated by an
-ellipse), `sdedit` (real pairs noised to `sdedit.strength` and denoised) and `from_masks` (a
+ellipse), `paint` (label-exact: a real polyp mask of another frame is placed in the frame and a
+two_stage generator's mask-conditioned image model paints the frame around it; the label is the
+placed mask, bit for bit, and the frame outside the dilated region is the real one; an `inpainter`
+generator fills the region in the sampler's steps, a two_stage one with RePaint), `sdedit` (real pairs noised to `sdedit.strength` and denoised) and `from_masks` (a
 two_stage image model on the user's masks in `generate.masks`).
 
 The folder holds images/*.png, masks/*.png and manifest*.jsonl (export.PairWriter), so it is itself
@@ -38,15 +41,18 @@ from polypjax.train import diffusion, loop
 
 # The generator families each mode can run (the generate task and the pipeline check this one table).
 # "gan_spade" is the mask-conditioned GAN (gan.joint false): it draws images for given masks only.
-MODE_FAMILIES = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "sdedit": ("joint",),
-                 "from_masks": ("two_stage", "gan_spade")}
+MODE_FAMILIES = {"sample": ("joint", "two_stage", "gan"), "inpaint": ("joint",), "paint": ("two_stage", "inpainter"),
+                 "sdedit": ("joint",), "from_masks": ("two_stage", "gan_spade")}
 MODES = tuple(MODE_FAMILIES)
 _MODE_NEEDS = {"sample": "a mask-conditioned GAN draws images for given masks: use mode 'from_masks'",
                "inpaint": "the paper's RePaint paints image and mask together",
+               "paint": "it paints a frame for a given mask with a mask-conditioned image model",
                "sdedit": "it edits image and mask together",
                "from_masks": "one that draws images for given masks"}
 INPAINT_SAMPLERS = ("repaint", "repaint_ddim")
 REGIONS = ("dilated_mask", "ellipse")
+PLACEMENTS = ("away", "replace")
+_SOURCE_MODES = ("inpaint", "paint", "sdedit")  # modes that read real frames from generate.source
 # Fields that may change between runs on one folder: they do not change any pair.
 FREE_FIELDS = ("num_samples",)
 
@@ -72,7 +78,7 @@ def validate(config) -> None:
         configlib.check_source_spec(g.color_reference, "generate.color_reference")
     if g.mode not in MODES:
         raise ConfigError(f"config.generate.mode={g.mode!r} is unknown; choose one of {MODES}")
-    if g.mode in ("inpaint", "sdedit"):
+    if g.mode in _SOURCE_MODES:
         if not g.source:
             raise ConfigError(f"config.generate.mode={g.mode!r} needs config.generate.source (real frames, "
                               "e.g. phantom-a or /data/Kvasir-SEG@train)")
@@ -85,6 +91,8 @@ def validate(config) -> None:
     for name in ("steps", "jump_length", "jump_n_sample"):
         if not isinstance(p[name], int) or p[name] < 1:
             raise ConfigError(f"config.generate.inpaint.{name} must be a positive integer, got {p[name]!r}")
+    if g.paint.placement not in PLACEMENTS:
+        raise ConfigError(f"config.generate.paint.placement={g.paint.placement!r} is unknown; choose one of {PLACEMENTS}")
     if not 0.0 < float(g.sdedit.strength) <= 1.0:
         raise ConfigError(f"config.generate.sdedit.strength must be in (0, 1], got {g.sdedit.strength!r}")
     if g.mode == "from_masks":
@@ -102,7 +110,7 @@ def validate(config) -> None:
 def data_sources(config) -> list[tuple[str, str, str]]:
     g = config.generate
     out = [("generate.color_reference", g.color_reference, "train")] if g.color_reference else []
-    if g.get("mode") in ("inpaint", "sdedit") and g.source:
+    if g.get("mode") in _SOURCE_MODES and g.source:
         out.append(("generate.source", g.source, "train"))
     return out
 
@@ -144,12 +152,14 @@ def settings(config, generator_workdir: pathlib.Path, step: int, mask_files=()) 
     out = {"generator_workdir": str(generator_workdir.resolve()), "generator_fingerprint": fingerprint,
            "checkpoint_step": int(step), "use_ema": bool(g.use_ema), "mode": g.mode, "seed": int(g.seed),
            "color_reference": g.color_reference}
-    if g.mode != "inpaint":  # inpainting has its own sampler settings
+    if g.mode != "inpaint":  # inpainting has its own sampler settings (paint: guidance from here)
         out["sampler"] = dict(g.sampler.to_dict())
-    if g.mode in ("inpaint", "sdedit"):
+    if g.mode in _SOURCE_MODES:
         out["source"] = g.source
-    if g.mode == "inpaint":
+    if g.mode in ("inpaint", "paint"):
         out["inpaint"] = dict(g.inpaint.to_dict())
+    if g.mode == "paint":
+        out["paint"] = g.paint.to_dict()
     if g.mode == "sdedit":
         out["sdedit"] = dict(g.sdedit.to_dict())
     if g.mode == "from_masks":
@@ -214,9 +224,9 @@ def _resize(image: np.ndarray | None, mask: np.ndarray, size: int):
 
 
 def dilation_radius(inpaint_config, size: int) -> int:
-    """The paper dilates by a 20x20 px ellipse at 256 px: radius 10 there, scaled with the size."""
+    """`inpaint.dilation` px, or (-1) the paper's radius scaled to the size."""
     r = int(inpaint_config.dilation)
-    return max(1, round(10 * size / 256)) if r < 0 else r
+    return generators.paper_dilation_radius(size) if r < 0 else r
 
 
 def ellipse_region(rng: np.random.Generator, size: int, fraction: float) -> np.ndarray:
@@ -258,7 +268,7 @@ class Mode:
         self.spec = generators.SamplerSpec.from_config(g.sampler)
         self.kind = g.mode
         self.source = None
-        if g.mode in ("inpaint", "sdedit"):
+        if g.mode in _SOURCE_MODES:
             data = config.data.copy_and_resolve_references()
             self.source = catalog.make_source(g.source, data, default_split="train", seed=config.seed)
             if len(self.source) == 0:
@@ -308,6 +318,11 @@ class Mode:
             return {"mask": masks}, meta
         images, masks, regions, meta = (np.zeros((n, s, s, 3), np.uint8), np.zeros((n, s, s), np.uint8),
                                         np.zeros((n, s, s), np.uint8), [])
+        if self.kind == "paint":
+            for j, i in enumerate(idx):
+                images[j], masks[j], regions[j], record = self._placed(int(i))
+                meta.append(record)
+            return {"image": images, "region": regions, "mask": masks}, meta
         for j, i in enumerate(idx):
             k = source_frame(self.g.seed, int(i), len(self.source))
             images[j], masks[j], sid = self._real(k)
@@ -321,12 +336,55 @@ class Mode:
         return ({"image": images, "region": regions} if self.kind == "inpaint" else
                 {"image": images, "mask": masks}), meta
 
+    def _placed(self, index: int):
+        """Pair `index` of mode paint: (frame, label, region, manifest record). A polyp of a donor
+        frame (another frame of the source, drawn by index) is placed by copy-paste's draws
+        (copy_paste.paste_one: scale, rotation, flips, a free place inside the lit frame); only its
+        footprint is kept, since the model repaints the whole region. With placement "replace" the
+        frame's own polyp is no obstacle and lies inside the region, painted over as mucosa."""
+        from skimage import morphology
+
+        from polypjax.data import copy_paste
+        p, n = self.g.paint, len(self.source)
+        k = source_frame(self.g.seed, index, n)
+        image, own, sid = self._real(k)
+        own = (own > 0).astype(np.uint8)
+        replace = p.placement == "replace"
+        rng = np.random.default_rng([int(self.g.seed), 15485863, index])
+        footprint, donor_id = np.zeros_like(own), None
+        for _ in range(int(p.copy_paste.tries)):
+            d = int(rng.integers(n))
+            if d == k and n > 1:
+                continue
+            donor_image, donor_mask, did = self._real(d)
+            _, placed_mask, placed = copy_paste.paste_one(image, np.zeros_like(own) if replace else own,
+                                                          donor_image, donor_mask, rng, p.copy_paste)
+            if placed:
+                footprint = ((placed_mask > 0) & ((own == 0) | replace)).astype(np.uint8)
+                donor_id = did
+                break
+        label = footprint if replace else (footprint | own)
+        painted = footprint | own if replace else footprint
+        r = dilation_radius(self.g.inpaint, self.size)
+        region = (morphology.dilation(painted.astype(bool), morphology.ellipse(r, r)).astype(np.uint8)
+                  if painted.any() else painted)
+        record = {"source_frame": k, "source_id": sid, "donor_id": donor_id, "placement": p.placement,
+                  "placed": donor_id is not None}
+        if region.any():
+            ys, xs = np.nonzero(region)
+            record["region"] = {"kind": f"paint_{p.placement}", "fraction": float(region.mean()),
+                                "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1]}
+        return image, label.astype(np.uint8), region, record
+
     def unet_calls(self) -> int:
         """UNet forward passes per pair (per network: two_stage runs two networks)."""
-        if self.kind == "inpaint":
+        if self.kind == "paint" and self.generator.kind == "inpainter":
+            return min(self.spec.steps, len(self.generator.sched))  # a plain sampler: no jumps
+        if self.kind in ("inpaint", "paint"):
             p = self.g.inpaint
             times = samplers.repaint_times(p.steps, p.jump_length, p.jump_n_sample)
-            return int((np.diff(times) < 0).sum())
+            calls = int((np.diff(times) < 0).sum())
+            return calls * (2 if self.kind == "paint" and self.spec.guidance else 1)
         if self.kind == "sdedit":
             return self._sdedit_skip() + 1
         if self.generator.kind == "gan":
@@ -368,6 +426,19 @@ class Mode:
             return sdedit
         p = self.g.inpaint
         method = "ddim" if p.sampler == "repaint_ddim" else "ddpm"
+        if self.kind == "paint" and gen.kind == "inpainter":
+            def paint_trained(params, idx, inputs):
+                cond = inputs["mask"].astype(jnp.float32)[..., None] * 2.0 - 1.0
+                return gen.paint(params, key, inputs["image"], inputs["region"], cond, spec, indices=idx), cond
+            return paint_trained
+        if self.kind == "paint":
+            def paint(params, idx, inputs):
+                cond = inputs["mask"].astype(jnp.float32)[..., None] * 2.0 - 1.0
+                image = gen.paint(params, key, inputs["image"], inputs["region"], cond, jump_length=p.jump_length,
+                                  jump_n_sample=p.jump_n_sample, steps=p.steps, guidance=spec.guidance,
+                                  indices=idx, method=method)
+                return image, cond
+            return paint
 
         def inpaint(params, idx, inputs):
             return gen.inpaint(params, key, inputs["image"], inputs["region"], jump_length=p.jump_length,
@@ -376,7 +447,11 @@ class Mode:
 
     def finish(self, image: np.ndarray, mask: np.ndarray, inputs_row: dict) -> tuple[np.ndarray, np.ndarray]:
         """Host side: the inpaint region is composited exactly (real pixels and background mask
-        outside it); from_masks keeps the given mask."""
+        outside it); paint composites its region the same way and keeps the given label, as
+        from_masks keeps the given mask."""
+        if self.kind == "paint":
+            region = inputs_row["region"].astype(bool)
+            return np.where(region[..., None], image, inputs_row["image"]), inputs_row["mask"]
         if self.kind == "inpaint":
             region = inputs_row["region"].astype(bool)
             image = np.where(region[..., None], image, inputs_row["image"])
@@ -562,7 +637,7 @@ def run(config, workdir: pathlib.Path) -> dict:
 
 
 def _sampler_name(g) -> str:
-    return g.inpaint.sampler if g.mode == "inpaint" else g.sampler.kind
+    return g.inpaint.sampler if g.mode in ("inpaint", "paint") else g.sampler.kind
 
 
 def _read_rejected(path: pathlib.Path) -> dict:
@@ -616,7 +691,7 @@ def _finish(workdir, writer, wanted, num, g, mode, train_config, generator, reje
     fractions = np.array([r["mask_fraction"] for r in records])
     summary = {"status": "complete", "num_samples": num, "settings": wanted, "num_pairs": len(records),
                "generator": train_config.generator.kind, "generator_workdir": str(g.generator_workdir),
-               "mode": mode.kind, "sampler": _sampler_name(g), "steps": int(g.inpaint.steps if mode.kind == "inpaint"
+               "mode": mode.kind, "sampler": _sampler_name(g), "steps": int(g.inpaint.steps if mode.kind in ("inpaint", "paint")
                                                                            else g.sampler.steps),
                "guidance": float(g.sampler.guidance), "seed": int(g.seed), "color_reference": g.color_reference,
                "unet_calls_per_pair": mode.unet_calls(),

@@ -149,14 +149,14 @@ def synthetic_sets(config) -> list[tuple[str, str, str]]:
 def generate_config(config, generator_dir: pathlib.Path, num_samples: int, mode: str,
                     real_masks: pathlib.Path | None = None, real: str | None = None):
     """The generate stage of one mode: `generate.overrides`, then `generate.mode_overrides[mode]`;
-    `inpaint` and `sdedit` read the real training frames (`real`, default `data.train`),
+    `inpaint`, `paint` and `sdedit` read the real training frames (`real`, default `data.train`),
     `from_masks` the real training masks."""
     c = merge(_stage_base(config, "generate"), config.generate.overrides, "generate.overrides")
     merge(c, config.generate.get("mode_overrides", {}).get(mode, {}), f"generate.mode_overrides.{mode}")
     c.generate.generator_workdir = str(generator_dir)
     c.generate.num_samples = int(num_samples)
     c.generate.mode = mode
-    if mode in ("inpaint", "sdedit"):
+    if mode in ("inpaint", "paint", "sdedit"):
         c.generate.source = real or config.data.train
     if mode == "from_masks":
         c.generate.masks = str(real_masks)
@@ -323,27 +323,36 @@ def _main_module():
     return importlib.import_module("polypjax.main")
 
 
+def _write_once(out: pathlib.Path, marker: str, key: dict, make_source, desc: str) -> pathlib.Path:
+    """Writes the pairs of `make_source()` to the folder `out` once, on process 0 (the others wait):
+    `out/<marker>` records the key they were written under, and a folder written under another key
+    (another seed, size or source) is replaced. The key is compared as JSON reads it back (tuples
+    as lists), or a key holding a tuple would never match and rewrite the folder on every run."""
+    done = out / marker
+    text = json.dumps(key, sort_keys=True, default=str)
+
+    def write():
+        if done.exists() and json.loads(done.read_text()) == json.loads(text):
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        export.write_source(make_source(), out, desc=desc)
+        export.atomic_write_text(done, text + "\n")
+    _on_main(write, desc)
+    return out
+
+
 def _folder_share(workdir: pathlib.Path, config, name: str, spec: str, count: int) -> pathlib.Path:
     """data/folder_shares/<name>-<count>: a seeded share of `count` pairs of a folder entry, written
     once, so a low-data run gets r x N of its pairs like the sets made here."""
     from polypjax.data import catalog, sources
-    out = workdir / "data" / "folder_shares" / f"{name}-{count}"
-    done = out / "share.json"
     key = {"folder": spec, "count": count, "seed": catalog.data_seed(config.data, config.seed)}
     pairs = catalog.make_source(spec, config.data, default_split="all", seed=config.seed)
     if count > len(pairs):
         raise ConfigError(f"config.generators.{name}.folder: {len(pairs)} pairs, fewer than the {count} a "
                           "low-data run needs")
-
-    def write():
-        if done.exists() and json.loads(done.read_text()) == key:
-            return
-        if out.exists():
-            shutil.rmtree(out)
-        export.write_source(sources.random_subset(pairs, count, seed=key["seed"]), out, desc=f"{name}: {count} pairs")
-        export.atomic_write_text(done, json.dumps(key) + "\n")
-    _on_main(write, f"share {name}")
-    return out
+    return _write_once(workdir / "data" / "folder_shares" / f"{name}-{count}", "share.json", key,
+                       lambda: sources.random_subset(pairs, count, seed=key["seed"]), f"{name}: {count} pairs")
 
 
 def _augmented_copies(workdir: pathlib.Path, config, train: str, count: int, tag: str) -> pathlib.Path:
@@ -352,29 +361,16 @@ def _augmented_copies(workdir: pathlib.Path, config, train: str, count: int, tag
     and exposure, so a synthetic set that beats real-only but not them added more data, not better."""
     from polypjax.data import augment, catalog
     from polypjax.train.seg_regimes import classic_augmentation
-    out = workdir / "data" / "augmented_copies" / tag
-    done = out / "copies.json"
     seed = catalog.data_seed(config.data, config.seed)
     cfg = classic_augmentation(config.data.augment)
     key = {"train": train, "count": count, "seed": seed, "image_size": config.data.image_size,
            "augment": cfg.to_dict()}
 
-    def write():
-        if done.exists() and json.loads(done.read_text()) == key:
-            return
-        if out.exists():
-            shutil.rmtree(out)
+    def copies():
         real = catalog.make_source(train, config.data, default_split="train", seed=config.seed)
-        export.write_source(augment.AugmentedCopies(real, count, seed, cfg, config.data.image_size), out,
-                            desc=f"{count} augmented copies ({tag})")
-        export.atomic_write_text(done, json.dumps(key, default=str) + "\n")
-    _on_main(write, f"augmented copies {tag}")
-    return out
-
-
-def _folder_source(folder: pathlib.Path):
-    from polypjax.data.sources import FolderSource
-    return FolderSource(folder)
+        return augment.AugmentedCopies(real, count, seed, cfg, config.data.image_size)
+    return _write_once(workdir / "data" / "augmented_copies" / tag, "copies.json", key, copies,
+                       f"{count} augmented copies ({tag})")
 
 
 def _real_count(config) -> int:
@@ -388,23 +384,13 @@ def _subset_folder(workdir: pathlib.Path, config, n: int, train: str | None = No
     segmenters and the "same data" generator see exactly these pairs."""
     from polypjax.data import catalog, sources
     train = train or config.data.train
-    out = workdir / "data" / "subsets" / f"N{n}"
-    done = out / "subset.json"
     key = {"train": train, "n": n, "seed": config.seed, "image_size": config.data.image_size}
     real = catalog.make_source(train, config.data, default_split="train", seed=config.seed)
     if n > len(real):
         raise ConfigError(f"config.segmentation.low_data.sizes: {n} > the {len(real)} real training pairs")
-
-    def write():
-        if done.exists() and json.loads(done.read_text()) == key:
-            return
-        if out.exists():
-            shutil.rmtree(out)
-        export.write_source(sources.random_subset(real, n, seed=catalog.data_seed(config.data, config.seed)), out,
-                            desc=f"real subset N={n}")
-        export.atomic_write_text(done, json.dumps(key) + "\n")
-    _on_main(write, f"subset N{n}")
-    return out
+    return _write_once(workdir / "data" / "subsets" / f"N{n}", "subset.json", key,
+                       lambda: sources.random_subset(real, n, seed=catalog.data_seed(config.data, config.seed)),
+                       f"real subset N={n}")
 
 
 def _validation_split(workdir: pathlib.Path, config, fraction: float) -> tuple[pathlib.Path, pathlib.Path]:
@@ -420,23 +406,13 @@ def _validation_split(workdir: pathlib.Path, config, fraction: float) -> tuple[p
     seed = catalog.data_seed(config.data, config.seed)
     order = np.random.default_rng([seed, 4241]).permutation(len(real))
     folders = {"validation": np.sort(order[:n_val]), "pool": np.sort(order[n_val:])}
-    out = {}
+    made = {}
     for name, idx in folders.items():
-        folder = workdir / "data" / name
-        done = folder / "split.json"
         key = {"train": config.data.train, "fraction": fraction, "seed": seed, "image_size": config.data.image_size,
                "part": name}
-
-        def write(folder=folder, done=done, key=key, idx=idx, name=name):
-            if done.exists() and json.loads(done.read_text()) == key:
-                return
-            if folder.exists():
-                shutil.rmtree(folder)
-            export.write_source(sources.SubsetSource(real, idx), folder, desc=f"real {name} pairs")
-            export.atomic_write_text(done, json.dumps(key) + "\n")
-        _on_main(write, f"split {name}")
-        out[name] = folder
-    return out["pool"], out["validation"]
+        made[name] = _write_once(workdir / "data" / name, "split.json", key,
+                                 lambda idx=idx: sources.SubsetSource(real, idx), f"real {name} pairs")
+    return made["pool"], made["validation"]
 
 
 def validation_curve(stage_dir: pathlib.Path, test_name: str) -> list[tuple[int, float]]:
@@ -466,20 +442,11 @@ def _real_folder(workdir: pathlib.Path, config) -> pathlib.Path:
     spec = catalog.parse_spec(config.data.train, default_split="train")
     if spec.kind == "folder" and spec.split == "all":
         return pathlib.Path(spec.name)
-    out = workdir / "data" / "real"
-    done = out / "source.json"
     key = {"train": config.data.train, "seed": config.seed, "image_size": config.data.image_size}
-
-    def write():
-        if done.exists() and json.loads(done.read_text()) == key:
-            return
-        if out.exists():
-            shutil.rmtree(out)
-        real = catalog.make_source(config.data.train, config.data, default_split="train", seed=config.seed)
-        export.write_source(real, out, desc="real training pairs as a folder")
-        export.atomic_write_text(done, json.dumps(key) + "\n")
-    _on_main(write, "real folder")
-    return out
+    return _write_once(workdir / "data" / "real", "source.json", key,
+                       lambda: catalog.make_source(config.data.train, config.data, default_split="train",
+                                                   seed=config.seed),
+                       "real training pairs as a folder")
 
 
 def _masks_folder(folder: pathlib.Path) -> pathlib.Path:
@@ -572,6 +539,7 @@ def validate(config) -> None:
 
 
 def run(config, workdir: pathlib.Path) -> dict:
+    from polypjax.data import sources
     from polypjax.experiments import report
     workdir = pathlib.Path(workdir)
     stages = Stages(workdir)
@@ -583,7 +551,7 @@ def run(config, workdir: pathlib.Path) -> dict:
     if validating:  # segmenters train on the pool; the validation pairs only choose step counts
         pool, validation = _validation_split(workdir, config, float(val.fraction))
         train_spec, validation_spec = f"{pool}@all", f"{validation}@all"
-    n_real = _real_count(config) if not validating else len(_folder_source(pool))
+    n_real = _real_count(config) if not validating else len(sources.FolderSource(pool))
     runs = []  # (stage path, generator, model, regime, N, seed, protocol)
 
     # 1-2. generators, and their synthetic sets (N x the real count) in every configured mode.

@@ -45,7 +45,21 @@ class DiffusionTask:
         """-> uint8 images [n,S,S,3] and post-processed {0,1} masks [n,S,S] on the host."""
         gen = self.generator
         if self._sample is None or self._sample[0] != (n, spec):
-            if getattr(gen, "conditions_on_masks", False) and not hasattr(gen, "sample_masks"):
+            if getattr(gen, "paints_frames", False):
+                # An inpainter draws no pairs from noise: it repaints the first n real training
+                # frames inside their dilated masks, for those masks.
+                pairs = [pipeline.resize_pair(self.source[i % len(self.source)], self.config.data.image_size)
+                         for i in range(n)]
+                frames = jnp.asarray(np.stack([p["image"] for p in pairs]))
+                masks = jnp.asarray(np.stack([p["mask"] for p in pairs]), jnp.float32)[..., None] * 2.0 - 1.0
+                region = generators.dilate((masks[..., 0] > 0).astype(jnp.float32), gen.paint_radius)
+
+                def paint(p, r):
+                    painted = gen.paint(p, r, frames, region, masks, spec)
+                    known = frames.astype(jnp.float32) / 127.5 - 1.0
+                    return jnp.where(region[..., None] > 0, painted, known), masks
+                fn = jax.jit(paint)
+            elif getattr(gen, "conditions_on_masks", False) and not hasattr(gen, "sample_masks"):
                 # A family with no mask model (the mask-conditioned GAN) draws images for the
                 # first n real training masks.
                 masks = jnp.asarray(np.stack([pipeline.resize_pair(self.source[i % len(self.source)],
