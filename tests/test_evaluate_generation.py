@@ -207,6 +207,113 @@ def test_label_consistency_never_scores_an_empty_mask_as_consistent():
     assert got["num_images"] == 4 and got["mDice"] == pytest.approx(0.5) and got["mIoU"] == pytest.approx(0.5)
 
 
+def test_square_box_centres_on_the_region_and_stays_inside_the_frame():
+    box = generation_metrics.square_box
+    assert box((10, 20, 30, 60), 100) == (0, 20, 40, 60)  # as wide as the longer side, centred
+    assert box((40, 40, 50, 60), 100) == (35, 40, 55, 60)
+    # Near the border the square is shifted inside the frame, not cut: it stays 30 px wide.
+    assert box((80, 70, 100, 100), 100) == (70, 70, 100, 100)
+    assert box((0, 0, 10, 40), 100) == (0, 0, 40, 40)
+    assert box((50, 50, 51, 51), 64) == (46, 46, 54, 54)  # a speck: at least an eighth of the frame
+    assert box((0, 10, 64, 20), 64) == (0, 0, 64, 64)  # never larger than the frame
+    # region_crop: box fractions of the frame, the square frame's pixels unchanged at the crop's size.
+    yy, xx = np.mgrid[:64, :64]
+    image = np.stack([yy, xx, np.zeros_like(yy)], -1).astype(np.uint8)
+    crop = generation_metrics.region_crop({"image": image, "mask": (yy > 20).astype(np.uint8), "id": "a"},
+                                          (0.25, 0.25, 0.5, 0.5), 16)
+    assert np.array_equal(crop["image"], image[16:32, 16:32]) and crop["id"] == "a"
+    assert np.array_equal(crop["mask"], (yy > 20)[16:32, 16:32])
+    # A frame that is not square is squared first, as the generator and the whole-frame metrics see it.
+    wide = generation_metrics.region_crop({"image": np.zeros((32, 64, 3), np.uint8),
+                                           "mask": np.zeros((32, 64), np.uint8)}, (0.5, 0.5, 1.0, 1.0), 24)
+    assert wide["image"].shape == (24, 24, 3) and wide["mask"].shape == (24, 24)
+
+
+def _frame_with_polyp(rng, size=64):
+    """A smooth pinkish frame with a small bright disc (the polyp, about 4 % of the frame)."""
+    yy, xx = np.mgrid[:size, :size]
+    base = np.array([170, 90, 80]) + rng.normal(0, 10, 3)
+    image = base + 20 * np.sin(yy[..., None] / 9 + rng.uniform(0, 6)) + rng.normal(0, 6, (size, size, 3))
+    r = rng.uniform(5, 7)
+    cy, cx = rng.uniform(r + 3, size - r - 3, 2)
+    mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+    image = np.where(mask[..., None] > 0, np.array([215, 150, 120]) + rng.normal(0, 6, (size, size, 3)), image)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
+
+
+@pytest.fixture(scope="module")
+def painted(tmp_path_factory):
+    """A real folder of 12 frames, an exact copy of it (no regions, like a sampled set) and the same
+    frames with uniform noise painted into the polyp's dilated region (inpainted-style records), run
+    through evaluate_generation with the stand-in segmenter: (report, md, folders, workdir)."""
+    from skimage import morphology
+    root = tmp_path_factory.mktemp("painted")
+    rng = np.random.default_rng(3)
+    real, copy, paint = (export.PairWriter(root / n) for n in ("real", "copy", "painted"))
+    for i in range(12):
+        image, mask = _frame_with_polyp(rng)
+        real.write(f"r{i}", image, mask)
+        copy.write(f"r{i}", image, mask)
+        region = morphology.dilation(mask.astype(bool), morphology.ellipse(2, 2))
+        ys, xs = np.nonzero(region)
+        noisy = np.where(region[..., None], rng.integers(0, 256, image.shape), image).astype(np.uint8)
+        paint.write(f"p{i}", noisy, mask, source_frame=i, source_id=f"r{i}",
+                    region={"kind": "dilated_mask", "fraction": float(region.mean()),
+                            "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1]})
+    seg_wd = root / "seg"
+    seg_wd.mkdir()
+    (seg_wd / "config.json").write_text("{}")
+    folders = {n: str(root / n) for n in ("real", "copy", "painted")}
+    c = _config(real=f"{folders['real']}@all", generated=f"{folders['copy']},{folders['painted']}",
+                segmenter_workdir=str(seg_wd))
+    c.data.image_size = 64
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(evaluate, "load_segmenter", lambda wd: _threshold_predictor(32))
+        report, md = _run(c, root / "wd")
+    return report, md, folders, root / "wd"
+
+
+def test_painted_regions_expose_a_painting_that_whole_frames_hide(painted):
+    """Noise painted into a real frame's polyp region: the whole frames are 95 % real and score
+    near real; the crops around the painted regions are mostly noise and must score far from real."""
+    report, md, _, _ = painted
+    copy, paint = report["generated"]
+    whole, region = paint["segmenter_features"], paint["segmenter_features"]["regions"]
+    b, rb = report["segmenter_feature_baselines"], report["segmenter_feature_baselines"]["regions"]
+    assert copy["segmenter_features"]["regions"] is None  # no region records: nothing to crop
+    assert rb["real_vs_real"]["num_images"] == 6 and region["num_images"] == 6  # all 12 real frames have a polyp
+    whole_error, region_error = max(whole["colour"]["mean_abs_error"]), max(region["colour"]["mean_abs_error"])
+    assert whole_error < 6 and region_error > 40 and region_error > 10 * whole_error
+    # Whole frames: as near as the other half of the real set. Regions: beyond even the noise bound.
+    assert whole["fd"] < 1.5 * b["real_vs_real"]["fd"]
+    assert region["fd"] > 10 * rb["real_vs_real"]["fd"] and region["fd"] > 10 * whole["fd"]
+    assert region["fd"] > rb["noise"]["fd"]
+    assert "### On painted regions" in md and f"| painted@all | 6 | {region['fd']:.3f} |" in md
+    assert "| real vs real (baseline) | 6 |" in md
+
+
+def test_report_shows_painted_region_columns_for_inpainted_sets_only(painted, tmp_path):
+    from polypjax.experiments import report as report_lib
+    rep, _, folders, _ = painted
+    for g, r in (("sampled", rep["generated"][0]), ("inpainted", rep["generated"][1])):
+        out = tmp_path / "evaluation" / g / "generation_metrics.json"
+        out.parent.mkdir(parents=True)
+        out.write_text(json.dumps({**rep, "generated": [r]}))
+    header, body, _ = report_lib.generation_table(tmp_path, ["sampled", "inpainted"],
+                                                  {"sampled": folders["copy"], "inpainted": folders["painted"]})
+    rows = {row[0]: dict(zip(header, row)) for row in body}
+    region, rb = rep["generated"][1]["segmenter_features"]["regions"], rep["segmenter_feature_baselines"]["regions"]
+    assert rows["inpainted"]["segFD, painted regions (real vs real / noise)"] == (
+        f"{region['fd']:.3f} ({rb['real_vs_real']['fd']:.3f} / {rb['noise']['fd']:.3f})")
+    assert rows["inpainted"]["colour error, painted regions"] == f"{max(region['colour']['mean_abs_error']):.1f}"
+    assert rows["inpainted"]["painted area"].endswith("(rest real)")
+    assert rows["sampled"]["segFD, painted regions (real vs real / noise)"] == "–"
+    assert rows["sampled"]["colour error, painted regions"] == "–"
+    assert rows["sampled"]["painted area"] == "whole frame"
+    for row in rows.values():  # the whole-frame columns stay for both
+        assert row["segFD (real vs real / noise)"] != "–" and row["colour error"] != "–"
+
+
 def test_native_size_needs_one_size_per_set():
     pairs = [{"image": np.zeros((20, 30, 3), np.uint8), "mask": np.zeros((20, 30), np.uint8), "id": "a"},
              {"image": np.zeros((20, 20, 3), np.uint8), "mask": np.zeros((20, 20), np.uint8), "id": "b"}]

@@ -121,6 +121,17 @@ def test_report_tables_match_the_stage_results(finished):
     gen = json.loads((workdir / "evaluation/joint/generation_metrics.json").read_text())["generated"][0]
     assert f"{gen['label_consistency']['mDice']:.3f} ({gen['label_consistency']['chance_mDice']:.3f})" in md
     assert f"| {gen['segmenter_features']['fd']:.3f} (" in md  # segFD beside its two bounds
+    # The inpainted set is also scored on its painted regions; the sampled one has none ("–").
+    assert gen["segmenter_features"]["regions"] is None
+    painted = json.loads((workdir / "evaluation/joint-inpaint/generation_metrics.json").read_text())
+    region = painted["generated"][0]["segmenter_features"]["regions"]
+    bounds = painted["segmenter_feature_baselines"]["regions"]
+    gen_rows = {line.split("|")[1].strip(): line for line in md.splitlines()  # by their painted-area cell
+                if "(rest real) |" in line or "| whole frame |" in line}
+    assert gen_rows["joint-inpaint"].endswith(
+        f"| {region['fd']:.3f} ({bounds['real_vs_real']['fd']:.3f} / {bounds['noise']['fd']:.3f}) | "
+        f"{max(region['colour']['mean_abs_error']):.1f} |")
+    assert gen_rows["joint"].endswith("| – | – |")
     assert "## Low-data sweep" in md and "## Compute per stage" in md
 
     html = (report / "report.html").read_text()

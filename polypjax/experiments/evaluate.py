@@ -11,7 +11,10 @@ For the real set (`evaluate.real`) and every generated folder (`evaluate.generat
   to the real masks.
 - Label consistency (with `evaluate.segmenter_workdir`): a segmenter trained on real data is run
   on the generated images and scored against the generated masks; a low Dice means the masks do
-  not describe the images they come with.
+  not describe the images they come with. With it also segmenter-feature FD/KID and colour
+  statistics, beside real-vs-real and colour-matched-noise bounds; for an inpainted set (regions in
+  its manifest) these also on crops of the painted regions against crops of real polyps, as its
+  whole frames are real outside the region.
 
 Writes `<workdir>/generation_metrics.json` and `<workdir>/generation_metrics.md`. This module is
 the task (config checks, data sources, the run); the per-set passes are in
@@ -235,7 +238,8 @@ def run(config, workdir: pathlib.Path) -> dict:
     if predict is not None:
         seg_baselines, seg = gm.segmenter_feature_report(
             real_source, [(n, s) for n, _, s in generated], predict, batch_size=e.batch_size,
-            kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size, seed=config.seed, mesh=mesh)
+            kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size, seed=config.seed, mesh=mesh,
+            regions=[gm.painted_regions(s) for _, _, s in generated])
         for r, f in zip(results, seg):
             r["segmenter_features"] = f
 
