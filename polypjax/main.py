@@ -37,7 +37,8 @@ def run(config, workdir: str) -> object:
     compile_cache.enable()
     make_grain_flags_readable()
     # Joined before validation: checking some configs (the pipeline's stages) touches the devices,
-    # and jax.distributed must come first.
+    # and jax.distributed must come first; only the types of the fields are checked before it.
+    tasks.check_types(config)
     d = config.distributed
     configlib.check_number(config, "distributed.num_processes", 1, integer=True)
     configlib.check_number(config, "distributed.process_id", 0, integer=True)
@@ -128,14 +129,32 @@ def _one_line(message: str) -> str:
     return lines[0] if len(lines) <= 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
+def _split_comma_lists(config, argv) -> None:
+    """ml_collections reads `--config.generate.modes=sample,inpaint` as the one-item tuple
+    ('sample,inpaint',); on the command line a comma separates the items of a list of names, as the
+    README writes them."""
+    for arg in argv[1:]:
+        name = arg[len("--config."):].split("=", 1)[0] if arg.startswith("--config.") and "=" in arg else None
+        if name is None:
+            continue
+        *parents, leaf = name.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        value = node[leaf]
+        if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], str) and "," in value[0]:
+            node[leaf] = tuple(item.strip() for item in value[0].split(",") if item.strip())
+
+
 def parse_flags(argv):
     """absl's parser, with config overrides that name no field reported in one line."""
     try:
         rest = flags.FLAGS(argv)
         getattr(_CONFIG.value, "task", None)  # a config file that failed to load raises when first read
+        _split_comma_lists(_CONFIG.value, argv)
         return rest
     except flags.Error as e:
-        sys.exit(f"error: {_one_line(str(e))}\nPass --helpshort to see the flags.")
+        sys.exit(f"error: {_one_line(str(e))} (--helpshort lists the flags)")
     except OSError as e:  # ml_collections: the config file is missing or unreadable
         sys.exit(f"error: --config: {_one_line(str(e))}")
     except (AttributeError, KeyError) as e:
