@@ -64,8 +64,11 @@ class _LibraryInfoFilter(logging.Filter):
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from polypjax import faults
     for handler in logging.root.handlers:
         handler.addFilter(_LibraryInfoFilter())
+        handler.addFilter(faults.LibraryDiskFullFilter())
+    faults.install_quiet_hooks()
     from polypjax.configlib import ConfigError
     from polypjax.data.sources import DataError
     from polypjax.train.loop import NonFiniteLossError
@@ -78,9 +81,11 @@ def main(argv) -> None:
     except (ConfigError, DataError, NonFiniteLossError) as e:
         _fail(f"error: {e}")
     except Exception as e:
-        if disk_full(e):
-            _fail(f"error: no space left on the disk of {_WORKDIR.value} ({type(e).__name__}); free some and "
-                  "rerun the same command: it resumes from the last complete checkpoint, which is kept")
+        line = faults.describe(e, _WORKDIR.value)
+        if line is not None:
+            if faults.disk_full(e):
+                faults.ignore_orphaned_coroutines()
+            _fail(f"error: {line}")
         if not _multi_process():
             raise
         import traceback
@@ -104,22 +109,6 @@ def _fail(message: str) -> None:
     sys.stdout.flush()
     import os
     os._exit(1)
-
-
-def disk_full(error: BaseException) -> bool:
-    """Whether `error` (or one it was raised from) says the disk is full. The writers differ: Python
-    raises OSError(ENOSPC), TensorBoard's event writer ResourceExhaustedError, tensorstore (orbax) a
-    ValueError quoting the OS message."""
-    import errno
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if type(error).__name__ == "ResourceExhaustedError" or "No space left on device" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def _one_line(message: str) -> str:
