@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from polypjax import faults
 from polypjax.data.inspect import format_report, inspect_folder
 
 
@@ -14,7 +15,14 @@ def main(argv=None) -> int:
     parser.add_argument("folders", nargs="+", help="dataset folder(s) (Kvasir-SEG or CVC-ClinicDB layout)")
     parser.add_argument("--json", action="store_true", help="print one JSON report per folder")
     args = parser.parse_args(argv)
-    reports = [inspect_folder(f) for f in args.folders]
+    try:
+        reports = [inspect_folder(f) for f in args.folders]
+    except OSError as e:  # a fault of the machine, not of the data: one line (polypjax.faults)
+        line = faults.describe(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     else:
