@@ -281,7 +281,11 @@ def _get(config, dotted):
 
 
 def check_source_spec(spec: str, field: str) -> None:
+    """`spec` names one data source (a comma lists several, unless it is part of a folder's path)."""
     from polypjax.data import catalog
+    if len(split_specs(spec)) > 1 and not pathlib.Path(str(spec).rsplit("@", 1)[0]).expanduser().is_dir() \
+            and not pathlib.Path(str(spec)).expanduser().is_dir():
+        raise ConfigError(f"config.{field} must name one data source, got {len(split_specs(spec))}: {spec!r}")
     try:
         catalog.parse_spec(spec, default_split="train")
     except ValueError as e:
@@ -320,6 +324,10 @@ def resolve(config: ml_collections.ConfigDict, task_check=None, reference=None) 
         check_number(config, "data.test_fraction", 0, 1, low_open=True, high_open=True)
         check_number(config, "data.split_seed", 0, integer=True)
         check_number(config, "data.worker_count", 0, integer=True)
+        if len(split_specs(d.train)) != 1:
+            several = " (several test sets go in config.data.test)" if split_specs(d.train) else ""
+            raise ConfigError(f"config.data.train must name one data source, got {len(split_specs(d.train))}: "
+                              f"{d.train!r}{several}")
         for field in ("train", "test"):
             check_no_comma_folder(d[field], f"data.{field}")
             for spec in split_specs(d[field]):
