@@ -73,18 +73,30 @@ def describe(error: BaseException, workdir: str | None = None) -> str | None:
         where = f" writing {path}" if path else ""
         return (f"no space left on the disk{where}; free some and rerun the same command: it continues from "
                 "what was written (training from its last complete checkpoint)")
+    denied = permission_denied(error)
+    if denied:
+        return f"{denied}: permission denied; give this user access to it or choose another path"
     e = _os_error(error)
     if e is None or not e.filename:
         return None
     path = str(e.filename)
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return f"{path}: permission denied; give this user access to it or choose another path"
     if e.errno == errno.EROFS:
         return f"{path}: the file system is read-only; choose a writable path"
     if e.errno == errno.ENOENT:
         return (f"{path}: no such file or folder (was it removed or moved while the run used it?); "
                 "restore it and rerun the same command: it continues from what was written")
     return f"{path}: {e.strerror or type(e).__name__}"
+
+
+def permission_denied(error: BaseException | None) -> str | None:
+    """The path that `error` (or one it was raised from) was refused, if any: an OSError of EACCES,
+    EPERM or EROFS, or tensorstore's PERMISSION_DENIED quoting the file."""
+    for e in _chain(error):
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return str(e.filename or "a file")
+        if "PERMISSION_DENIED" in str(e):
+            return _path_in_message(str(e)) or "a file"
+    return None
 
 
 @contextlib.contextmanager

@@ -104,11 +104,35 @@ def _fail(message: str) -> None:
     at once, so the launcher sees the failure and stops the job."""
     logging.shutdown()
     if not _multi_process():
+        _release_failed_run()
         sys.exit(message)
     print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
     import os
     os._exit(1)
+
+
+def _release_failed_run() -> None:
+    """The exception being handled holds the failed run's frames and, through them, its buffers:
+    grain's batches in shared memory, which its resource tracker reports as leaked (after the error
+    line) when they are still held at exit. An error from a data thread also holds that thread's
+    frames, callers included. Clearing them frees the buffers now (a frame still running refuses)."""
+    import gc
+    error, seen = sys.exc_info()[1], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            while frame is not None:
+                try:
+                    frame.clear()
+                except RuntimeError:
+                    pass
+                frame = frame.f_back
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    gc.collect()
 
 
 def _one_line(message: str) -> str:
