@@ -459,7 +459,7 @@ class FolderSource:
         if errors and not allow_unpaired:
             more = f" (and {len(errors) - 1} more; run `python -m polypjax.data {self.root}`)" \
                 if len(errors) > 1 else ""
-            raise DataError(f"{errors[0]}{more}")
+            raise DataError(f"{errors[0].path}: {errors[0].message}{more}")  # main adds "error: "
         keep = split_ids([s for s, _, _ in pairs], split, test_fraction, split_seed)
         self._pairs = [pairs[i] for i in keep]
         self.split = split
