@@ -133,6 +133,9 @@ def _release_failed_run() -> None:
             tb = tb.tb_next
         error = error.__cause__ or error.__context__
     gc.collect()
+    if "grain" in sys.modules:
+        from polypjax.data import pipeline
+        pipeline.release_shared_memory()
 
 
 def _one_line(message: str) -> str:
