@@ -436,3 +436,23 @@ def test_a_pair_without_its_image_is_one_error_not_two(folder_data, tmp_path):
     (data / "images" / "phantom-a-train-00003.png").unlink()
     with pytest.raises(DataError, match=rf"^{data}/masks/phantom-a-train-00003.png: mask has no image in "):
         FolderSource(data)
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_tensorflow_import_running(tmp_path):
+    """train() imports tensorflow (TensorBoard's writer) in a thread while it starts; a run that fails
+    first must wait for it, or the import goes on while main prints the error and exits: its
+    libraries' banners come after the `error:` line, or the interpreter's exit meets it half done.
+    In a fresh process, where the import takes seconds and the failure is at once."""
+    code = ("import threading\n"
+            "from polypjax import configlib\n"
+            "from polypjax.train import loop\n"
+            "class Task:\n"
+            "    def train_iterator(self):\n"
+            "        raise RuntimeError('no data')\n"
+            "try:\n"
+            f"    loop.train(Task(), configlib.load_config('segmentation'), {str(tmp_path)!r})\n"
+            "except RuntimeError:\n"
+            "    print([t.name for t in threading.enumerate() if t.is_alive()])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "['MainThread']", out.stdout

@@ -167,15 +167,23 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     # tensorflow (TensorBoard writer) takes seconds to import: done while XLA compiles.
     warm = threading.Thread(target=writers_lib.tensorflow_available, name="import-tensorflow", daemon=True)
     warm.start()
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    num_steps = int(config.train.num_steps)
-    data_iter = iter(task.train_iterator())
     try:
-        return _train(task, config, workdir, mesh, num_steps, data_iter, warm)
+        mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+        num_steps = int(config.train.num_steps)
+        data_iter = iter(task.train_iterator())
+        try:
+            return _train(task, config, workdir, mesh, num_steps, data_iter, warm)
+        finally:
+            # Also when the run fails before its first step (a data file gone): grain's workers and their
+            # shared memory would otherwise outlive it, and Python reports the memory leaked at exit.
+            _close(data_iter)
     finally:
-        # Also when the run fails before its first step (a data file gone): grain's workers and their
-        # shared memory would otherwise outlive it, and Python reports the memory leaked at exit.
-        _close(data_iter)
+        # A run that fails before _train joins it (an unreadable checkpoint, a data file gone) would
+        # leave the import running while main prints the error and exits: tensorflow loads its
+        # libraries one after another and each prints its oneDNN banner, so the second one came
+        # after the `error:` line. Waiting for the import (seconds at most, already under way) keeps
+        # its output before the error and nothing importing tensorflow after it.
+        warm.join()
 
 
 def _train(task: Task, config, workdir: pathlib.Path, mesh, num_steps: int, data_iter, warm) -> TrainState:
