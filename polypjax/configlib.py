@@ -249,6 +249,66 @@ def check_finite_numbers(config, prefix: str = "config") -> None:
             raise ConfigError(f"{prefix}.{key} must be finite, got {value!r}")
 
 
+def _kind(like) -> str:
+    if isinstance(like, bool):
+        return "true or false"
+    if isinstance(like, int):
+        return "an integer"
+    if isinstance(like, float):
+        return "a number"
+    if isinstance(like, str):
+        return "a string"
+    if isinstance(like, (tuple, list)):
+        return "a list"
+    return "a block of fields"
+
+
+def _fits(value, like) -> bool:
+    if isinstance(like, bool):
+        return isinstance(value, bool)
+    if isinstance(like, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(like, str):
+        return isinstance(value, str)
+    if isinstance(like, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, (dict, ml_collections.ConfigDict))
+
+
+def check_type(value, like, field: str) -> None:
+    """`value` of the dotted `field` (e.g. "config.data.train") has the type of `like`, the field's
+    value in the task's own config file: an integer for an integer, a number for a float (an
+    integer too), a string for a string, a list of such items for a list, and a block holding
+    fields of those types for a block; a field without a value there (None) takes any."""
+    if like is None:
+        return
+    if not _fits(value, like):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        hint = ""
+        if isinstance(like, str) and isinstance(value, (tuple, list)):
+            hint = "; a field of several sources or names takes them in one string, separated by commas"
+        raise ConfigError(f"{field} must be {_kind(like)}, got {type(value).__name__} {shown}{hint}")
+    if isinstance(like, (tuple, list)):
+        kinds = [item for item in like if item is not None]
+        for i, item in enumerate(value):
+            if kinds and not any(_fits(item, k) for k in kinds):
+                check_type(item, kinds[0], f"{field}[{i}]")
+    elif isinstance(like, (dict, ml_collections.ConfigDict)):
+        for key in value.keys():
+            if key in like:
+                check_type(value[key], like[key], f"{field}.{key}")
+
+
+def check_types(config, reference) -> None:
+    """Every field of `config` that `reference` (the task's config file, as loaded) holds too has its
+    type (`check_type`). ml_collections checks a type only when a field of a typed config is set, so
+    None, a config built from a dict and the pipeline's stage overrides pass it by; the wrong type
+    would otherwise fail deep in the run, with a traceback instead of the field's name."""
+    check_type(config, reference, "config")
+
+
 def _get(config, dotted):
     node = config
     for part in dotted.split("."):
@@ -257,7 +317,11 @@ def _get(config, dotted):
 
 
 def check_source_spec(spec: str, field: str) -> None:
+    """`spec` names one data source (a comma lists several, unless it is part of a folder's path)."""
     from polypjax.data import catalog
+    if len(split_specs(spec)) > 1 and not pathlib.Path(str(spec).rsplit("@", 1)[0]).expanduser().is_dir() \
+            and not pathlib.Path(str(spec)).expanduser().is_dir():
+        raise ConfigError(f"config.{field} must name one data source, got {len(split_specs(spec))}: {spec!r}")
     try:
         catalog.parse_spec(spec, default_split="train")
     except ValueError as e:
@@ -277,10 +341,13 @@ def check_no_comma_folder(value: str, field: str) -> None:
                                   "',' separates sources in this field; rename it or give a symlink without one")
 
 
-def resolve(config: ml_collections.ConfigDict, task_check=None) -> ml_collections.ConfigDict:
-    """Validates the config (after overrides), then `task_check(config)` (the task's own rules),
-    and returns a locked copy with references resolved. Runs go through `tasks.resolve`, which
-    supplies the task's check."""
+def resolve(config: ml_collections.ConfigDict, task_check=None, reference=None) -> ml_collections.ConfigDict:
+    """Validates the config (after overrides): the types of the fields `reference` holds (the task's
+    config file), the shared rules, then `task_check(config)` (the task's own rules); returns a
+    locked copy with references resolved. Runs go through `tasks.resolve`, which supplies the task's
+    check and config file."""
+    if reference is not None:
+        check_types(config, reference)
     check_finite_numbers(config)
     if "seed" in config:
         check_number(config, "seed", 0, integer=True)
@@ -295,6 +362,10 @@ def resolve(config: ml_collections.ConfigDict, task_check=None) -> ml_collection
         if "seed" in d:
             check_number(config, "data.seed", -1, integer=True)
         check_number(config, "data.worker_count", 0, integer=True)
+        if len(split_specs(d.train)) != 1:
+            several = " (several test sets go in config.data.test)" if split_specs(d.train) else ""
+            raise ConfigError(f"config.data.train must name one data source, got {len(split_specs(d.train))}: "
+                              f"{d.train!r}{several}")
         if "image_scaling" in d:
             from polypjax.data import sources
             try:

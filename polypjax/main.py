@@ -37,7 +37,8 @@ def run(config, workdir: str) -> object:
     compile_cache.enable()
     make_grain_flags_readable()
     # Joined before validation: checking some configs (the pipeline's stages) touches the devices,
-    # and jax.distributed must come first.
+    # and jax.distributed must come first; only the types of the fields are checked before it.
+    tasks.check_types(config)
     d = config.distributed
     configlib.check_number(config, "distributed.num_processes", 1, integer=True)
     configlib.check_number(config, "distributed.process_id", 0, integer=True)
@@ -63,8 +64,11 @@ class _LibraryInfoFilter(logging.Filter):
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from polypjax import faults
     for handler in logging.root.handlers:
         handler.addFilter(_LibraryInfoFilter())
+        handler.addFilter(faults.LibraryDiskFullFilter())
+    faults.install_quiet_hooks()
     from polypjax.configlib import ConfigError
     from polypjax.data.sources import DataError
     from polypjax.train.loop import NonFiniteLossError
@@ -77,9 +81,11 @@ def main(argv) -> None:
     except (ConfigError, DataError, NonFiniteLossError) as e:
         _fail(f"error: {e}")
     except Exception as e:
-        if disk_full(e):
-            _fail(f"error: no space left on the disk of {_WORKDIR.value} ({type(e).__name__}); free some and "
-                  "rerun the same command: it resumes from the last complete checkpoint, which is kept")
+        line = faults.describe(e, _WORKDIR.value)
+        if line is not None:
+            if faults.disk_full(e):
+                faults.ignore_orphaned_coroutines()
+            _fail(f"error: {line}")
         if not _multi_process():
             raise
         import traceback
@@ -98,6 +104,7 @@ def _fail(message: str) -> None:
     at once, so the launcher sees the failure and stops the job."""
     logging.shutdown()
     if not _multi_process():
+        _release_failed_run()
         sys.exit(message)
     print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
@@ -105,20 +112,30 @@ def _fail(message: str) -> None:
     os._exit(1)
 
 
-def disk_full(error: BaseException) -> bool:
-    """Whether `error` (or one it was raised from) says the disk is full. The writers differ: Python
-    raises OSError(ENOSPC), TensorBoard's event writer ResourceExhaustedError, tensorstore (orbax) a
-    ValueError quoting the OS message."""
-    import errno
-    seen = set()
+def _release_failed_run() -> None:
+    """The exception being handled holds the failed run's frames and, through them, its buffers:
+    grain's batches in shared memory, which its resource tracker reports as leaked (after the error
+    line) when they are still held at exit. An error from a data thread also holds that thread's
+    frames, callers included. Clearing them frees the buffers now (a frame still running refuses)."""
+    import gc
+    error, seen = sys.exc_info()[1], set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if type(error).__name__ == "ResourceExhaustedError" or "No space left on device" in str(error):
-            return True
+        tb = error.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            while frame is not None:
+                try:
+                    frame.clear()
+                except RuntimeError:
+                    pass
+                frame = frame.f_back
+            tb = tb.tb_next
         error = error.__cause__ or error.__context__
-    return False
+    gc.collect()
+    if "grain" in sys.modules:
+        from polypjax.data import pipeline
+        pipeline.release_shared_memory()
 
 
 def _one_line(message: str) -> str:
@@ -128,14 +145,32 @@ def _one_line(message: str) -> str:
     return lines[0] if len(lines) <= 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
+def _split_comma_lists(config, argv) -> None:
+    """ml_collections reads `--config.generate.modes=sample,inpaint` as the one-item tuple
+    ('sample,inpaint',); on the command line a comma separates the items of a list of names, as the
+    README writes them."""
+    for arg in argv[1:]:
+        name = arg[len("--config."):].split("=", 1)[0] if arg.startswith("--config.") and "=" in arg else None
+        if name is None:
+            continue
+        *parents, leaf = name.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        value = node[leaf]
+        if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], str) and "," in value[0]:
+            node[leaf] = tuple(item.strip() for item in value[0].split(",") if item.strip())
+
+
 def parse_flags(argv):
     """absl's parser, with config overrides that name no field reported in one line."""
     try:
         rest = flags.FLAGS(argv)
         getattr(_CONFIG.value, "task", None)  # a config file that failed to load raises when first read
+        _split_comma_lists(_CONFIG.value, argv)
         return rest
     except flags.Error as e:
-        sys.exit(f"error: {_one_line(str(e))}\nPass --helpshort to see the flags.")
+        sys.exit(f"error: {_one_line(str(e))} (--helpshort lists the flags)")
     except OSError as e:  # ml_collections: the config file is missing or unreadable
         sys.exit(f"error: --config: {_one_line(str(e))}")
     except (AttributeError, KeyError) as e:

@@ -14,6 +14,18 @@ TASKS = {
 }
 
 
+# task name -> its config file (configs/<name>.py): the types of its fields are the task's
+# (configlib.check_types). A GAN generator is trained by train_diffusion from configs/gan.py.
+CONFIG_FILES = {
+    "prepare_data": "prepare_data",
+    "pipeline": "pipeline",
+    "evaluate_generation": "evaluate_generation",
+    "train_segmentation": "segmentation",
+    "train_diffusion": "diffusion",
+    "generate": "generate",
+}
+
+
 def module(task: str):
     return importlib.import_module(TASKS[task])
 
@@ -26,9 +38,31 @@ def resolve(config):
     """The validation every run goes through: a known task, the shared rules (configlib.resolve)
     and the task's own `validate`; a locked, resolved copy."""
     from polypjax import configlib
-    if config.task not in TASKS:
-        raise configlib.ConfigError(f"config.task={config.task!r} is unknown; choose one of {sorted(TASKS)}")
-    return configlib.resolve(config, validator(config.task))
+    check_task(config)
+    return configlib.resolve(config, validator(config.task), reference_config(config))
+
+
+def check_task(config) -> None:
+    from polypjax import configlib
+    if "task" not in config or not isinstance(config.task, str) or config.task not in TASKS:
+        raise configlib.ConfigError(f"config.task={config.get('task')!r} is unknown; choose one of {sorted(TASKS)}")
+
+
+def reference_config(config):
+    """The task's config file as loaded, without overrides: what `configlib.check_types` compares with."""
+    from polypjax import configlib
+    name = CONFIG_FILES[config.task]
+    generator = config.get("generator")
+    if name == "diffusion" and hasattr(generator, "get") and generator.get("kind") == "gan":
+        name = "gan"
+    return configlib.load_config(name)
+
+
+def check_types(config) -> None:
+    """The task is known and every field has its type (before anything else reads the config)."""
+    from polypjax import configlib
+    check_task(config)
+    configlib.check_types(config, reference_config(config))
 
 
 def data_sources(config) -> list[tuple[str, str, str]]:

@@ -25,7 +25,7 @@ import shlex
 import socket
 import sys
 
-from polypjax import configlib
+from polypjax import configlib, faults
 
 LOCK_NAME = ".run.lock"
 
@@ -114,6 +114,16 @@ def _agree(ok: bool) -> bool:
 
 
 def _claim_as_lead(workdir: pathlib.Path, config) -> "_Lock":
+    try:
+        return _claim_or_raise(workdir, config)
+    except OSError as e:
+        if faults.disk_full(e):
+            raise  # main's message for a full disk: free some and rerun
+        raise WorkdirError(f"--workdir {workdir}: {e.filename or workdir}: {e.strerror or e}; give this user "
+                           "access to it or use another --workdir") from None
+
+
+def _claim_or_raise(workdir: pathlib.Path, config) -> "_Lock":
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a folder; give a folder path")
     check_ownership(workdir, config.task)  # read-only: nothing is written to a foreign folder
@@ -144,7 +154,7 @@ def stored_config(workdir: pathlib.Path) -> dict | None:
         return None
     try:
         stored = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise WorkdirError(f"{path} is not readable JSON ({e}); this folder's run is unknown: use another "
                            "--workdir") from None
     if not isinstance(stored, dict) or not isinstance(stored.get("task"), str):
@@ -285,9 +295,14 @@ class _Lock:
                                "or stop it, or use another --workdir") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(sys.argv),
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, (json.dumps(info) + "\n").encode(), 0)
-        os.fsync(self.fd)
+        try:
+            with faults.writing(path):
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, (json.dumps(info) + "\n").encode(), 0)
+                os.fsync(self.fd)
+        except BaseException:
+            self.release()
+            raise
 
     def _holder(self) -> str:
         try:

@@ -44,9 +44,9 @@ def trained_generator(tmp_path_factory):
 # default order is by test count, which sends these few-test, minutes-long files last and leaves one
 # worker idle while the other finishes them). These files hold most of the suite's time (pytest's
 # durations report), so they go first: longest first keeps both workers busy to the end.
-LONGEST_FIRST = ("test_multiprocess_pipeline.py", "test_pipeline_task.py", "test_generator_quality.py",
-                 "test_generators.py", "test_generate_modes.py", "test_train_loop.py", "test_device_check.py",
-                 "test_gan.py", "test_multiprocess.py", "test_adm_unet.py", "test_topology.py")
+LONGEST_FIRST = ("test_multiprocess_pipeline.py", "test_pipeline_task.py", "test_faults.py",
+                 "test_generator_quality.py", "test_generators.py", "test_generate_modes.py", "test_train_loop.py",
+                 "test_device_check.py", "test_gan.py", "test_multiprocess.py", "test_adm_unet.py", "test_topology.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,10 +2,12 @@
 report's tables and CSV agree with the stages' own results, a pipeline killed inside a stage resumes
 there and skips the finished ones, and a changed generation config reruns that stage and the ones
 that read its pairs, nothing else."""
+import contextlib
 import csv
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,3 +371,41 @@ main.run(c, {str(workdir)!r})
     assert mixed_aug["regime"]["kind"] == "mixed" and mixed_aug["regime"]["augment"] is True
     assert cp["train"]["num_steps"] == mixed_aug["train"]["num_steps"] == full["num_steps"]
     assert {r["baseline"] for r in paired} >= {"copy_paste+aug"} and "mixed+aug" in {r["regime"] for r in paired}
+
+
+def test_disk_full_while_writing_the_report_is_one_line_and_the_rerun_writes_it(finished, tmp_path):
+    """The finished pipeline's workdir on a small tmpfs mounted over its own path (stage records hold
+    their paths): every stage is skipped, the report meets the full disk, and once there is room the
+    same command writes it. Needs root, as CI has."""
+    workdir, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("report"))
+    used = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used + (4 << 20)}", "tmpfs", str(workdir)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root, as CI has): {out.stderr.strip()}")
+    try:  # the tmpfs hides the workdir's own files, which the umount shows again unchanged
+        shutil.copytree(copy, workdir, symlinks=True, dirs_exist_ok=True)
+        filler = workdir / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        os.truncate(filler, filler.stat().st_size - (256 << 10))
+        # The settings the workdir was last run with (an earlier test of this file changes one), so
+        # that every stage is skipped and only the report meets the full disk.
+        steps = _stage(workdir, "generated/joint-inpaint")["config"]["generate"]["inpaint"]["steps"]
+        same = (f"--config.generate.mode_overrides.inpaint.generate.inpaint.steps={steps}",)
+        proc = subprocess.run(_command(workdir, *same), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env=ENV)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: no space left on the disk writing {workdir / 'report'}"), last
+        for rel in STAGES:
+            assert f"stage {rel}: done, skipped" in proc.stdout + proc.stderr, rel
+        filler.unlink()
+        log = _run(workdir, *same)
+        assert "stage report" in log and (workdir / "report" / "report.html").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(workdir)], capture_output=True)

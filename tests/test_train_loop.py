@@ -135,7 +135,7 @@ print("OK", int(state.step))
 
 def test_disk_full_keeps_the_last_checkpoint_and_the_same_run_resumes(tmp_path):
     """On a real full filesystem (a 4 MiB tmpfs; needs root, as CI has)."""
-    from polypjax import main
+    from polypjax import faults
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
@@ -152,7 +152,7 @@ def test_disk_full_keeps_the_last_checkpoint_and_the_same_run_resumes(tmp_path):
                 f.flush()
         with pytest.raises(Exception) as info:
             loop.train(loop_toy.ToyTask(cfg), cfg, wd)
-        assert main.disk_full(info.value), repr(info.value)
+        assert faults.disk_full(info.value), repr(info.value)
         filler.unlink()
         assert loop_toy.params_digest(loop.train(loop_toy.ToyTask(cfg), cfg, wd)) == fresh
     finally:

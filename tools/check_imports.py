@@ -25,7 +25,7 @@ LAYERS = {
     "data": 2, "diffusion": 2, "metrics": 2,
     "models": 1, "parallel": 1,
     "native": 0, "hostenv": 0, "compile_cache": 0,
-    "cache_dirs": -1,
+    "cache_dirs": -1, "faults": -1,
 }
 # Modules that are a unit of their own. The pipeline task resolves, checks and runs other tasks
 # (each stage through main.run, looked up at run time), so it sits above tasks, not with the

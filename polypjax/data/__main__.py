@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from polypjax import faults
 from polypjax.data.inspect import format_report, inspect_folder
 from polypjax.data.sources import parse_scaling
 
@@ -22,7 +23,14 @@ def main(argv=None) -> int:
         parse_scaling(args.image_scaling)
     except ValueError as e:
         parser.error(f"--image_scaling: {e}")
-    reports = [inspect_folder(f, image_scaling=args.image_scaling) for f in args.folders]
+    try:
+        reports = [inspect_folder(f, image_scaling=args.image_scaling) for f in args.folders]
+    except OSError as e:  # a fault of the machine, not of the data: one line (polypjax.faults)
+        line = faults.describe(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     else:

@@ -17,21 +17,24 @@ import threading
 
 import numpy as np
 
+from polypjax import faults
+
 
 def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with faults.writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
@@ -138,7 +141,7 @@ class PairWriter:
         record = {"id": pair_id, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
                   "mask_fraction": float((mask > 0).mean()), **metadata}
         with self._lock:
-            with open(self.manifest, "a") as f:
+            with faults.writing(self.manifest), open(self.manifest, "a") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()
                 os.fsync(f.fileno())

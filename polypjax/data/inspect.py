@@ -34,11 +34,12 @@ def inspect_folder(root: str | pathlib.Path, *, progress: bool | None = None, sp
     report: dict = {"root": str(root), "layout": None, "num_pairs": 0, "rules_applied": []}
     try:
         layout, image_dir, mask_dir = sources.detect_layout(root)
-    except sources.DataError as e:
-        problems.append(sources.Problem("error", str(root), str(e).removeprefix(f"{root}: ")))
+        report.update(layout=layout, image_dir=str(image_dir), mask_dir=str(mask_dir))
+        pairs, problems = sources.list_pairs(image_dir, mask_dir)
+    except sources.DataError as e:  # the messages start with the folder they concern
+        path, _, message = str(e).partition(": ")
+        problems.append(sources.Problem("error", path, message))
         return _finish(report, problems, [], [])
-    report.update(layout=layout, image_dir=str(image_dir), mask_dir=str(mask_dir))
-    pairs, problems = sources.list_pairs(image_dir, mask_dir)
     if split != "all":
         report["split"] = split
         pairs = [pairs[i] for i in sources.split_ids([s for s, _, _ in pairs], split, test_fraction, split_seed)]

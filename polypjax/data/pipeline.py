@@ -207,6 +207,25 @@ def _exit_with_parent(worker_index: int, worker_count: int, *, parent_pid: int) 
     threading.Thread(target=watch, name="polypjax-exit-with-parent", daemon=True).start()
 
 
+def release_shared_memory() -> None:
+    """Unlinks grain's shared-memory batches that nothing references any more, before this returns.
+
+    grain unlinks a batch from a pool of daemon threads; a process that exits right after a failure
+    (polypjax.main) leaves deletions queued there, and multiprocessing's resource tracker then reports
+    the memory as leaked, after the run's one-line error. grain offers no public call for this, so its
+    pool is reached by name; deletions after this one are done where they happen."""
+    import gc
+    from grain.multiprocessing import SharedMemoryArray
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    disable = getattr(SharedMemoryArray, "_disable_async_del", None)
+    if disable is not None:
+        disable()
+    gc.collect()
+    if pool is not None:
+        pool.close()
+        pool.join()
+
+
 class _PaddedEvalSource:
     """Maps this process's slots of the padded global order to source indices."""
 

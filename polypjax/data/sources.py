@@ -51,8 +51,17 @@ def _is_image_file(p: pathlib.Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
+def _children(folder: pathlib.Path) -> list[pathlib.Path]:
+    """A folder's entries, sorted; DataError naming it when it cannot be listed (permissions, or
+    removed meanwhile)."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list this folder ({e.strerror or e})") from e
+
+
 def _find_child(root: pathlib.Path, name: str) -> pathlib.Path | None:
-    for child in root.iterdir():
+    for child in _children(root):
         if child.is_dir() and child.name.lower() == name:
             return child
     return None
@@ -72,7 +81,7 @@ def detect_layout(root: str | pathlib.Path) -> tuple[str, pathlib.Path, pathlib.
     found = _layout_in(root)
     if found is not None:
         return found
-    nested = [f for f in (_layout_in(c) for c in sorted(root.iterdir()) if c.is_dir()) if f]
+    nested = [f for f in (_layout_in(c) for c in _children(root) if c.is_dir()) if f]
     if len(nested) == 1:
         return nested[0]
     if len(nested) > 1:
@@ -98,7 +107,7 @@ def _index_folder(folder: pathlib.Path, problems: list[Problem]) -> dict[str, pa
     systems NFC, so one name can reach a folder in either spelling.
     """
     by_stem: dict[str, list[pathlib.Path]] = {}
-    for p in sorted(folder.iterdir()):
+    for p in _children(folder):
         if _is_image_file(p):
             by_stem.setdefault(unicodedata.normalize("NFC", p.stem), []).append(p)
     out = {}
@@ -231,6 +240,8 @@ def read_header(path: pathlib.Path) -> Header:
             return Header(h, w, c, dtype, im.format or "", declared)
     except DataError:
         raise
+    except (FileNotFoundError, PermissionError) as e:  # the file is gone or closed to us, not corrupt
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from e
     except Exception as e:  # PIL and tifffile raise many types for corrupt files.
         raise DataError(f"{path}: unreadable or corrupt image file ({type(e).__name__}: {e})") from e
 
@@ -334,6 +345,8 @@ def read_array(path: pathlib.Path, min_size: int | None = None) -> tuple[np.ndar
                     array = np.asarray(im)
                 else:
                     array = np.asarray(im.convert("RGBA" if _pil_mode_channels(im) == 4 else "RGB"))
+    except (FileNotFoundError, PermissionError) as e:  # removed or closed between header and pixels
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from e
     except Exception as e:  # PIL and tifffile raise many types for corrupt files.
         raise DataError(f"{path}: unreadable or corrupt image file ({type(e).__name__}: {e})") from e
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -602,7 +615,7 @@ class FolderSource:
         if errors and not allow_unpaired:
             more = f" (and {len(errors) - 1} more; run `python -m polypjax.data {self.root}`)" \
                 if len(errors) > 1 else ""
-            raise DataError(f"{errors[0]}{more}")
+            raise DataError(f"{errors[0].path}: {errors[0].message}{more}")  # main adds "error: "
         keep = split_ids([s for s, _, _ in pairs], split, test_fraction, split_seed)
         self._pairs = [pairs[i] for i in keep]
         self.split = split

@@ -68,10 +68,8 @@ def validate(config) -> None:
     if "evaluate" not in config:
         raise ConfigError("config.evaluate is missing (use configs/evaluate_generation.py)")
     e = config.evaluate
+    check_source_spec(e.real, "evaluate.real")
     real = split_specs(e.real)
-    if len(real) != 1:
-        raise ConfigError(f"config.evaluate.real must name one data source, got {e.real!r}")
-    check_source_spec(real[0], "evaluate.real")
     _check_layout(real[0], "evaluate.real", "train")
     generated = split_specs(e.generated)
     if not generated:

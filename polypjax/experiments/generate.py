@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from polypjax import configlib, parallel
+from polypjax import configlib, faults, parallel
 from polypjax.configlib import ConfigError
 from polypjax.data import catalog, export, visualize
 from polypjax.data import pipeline as data_pipeline
@@ -584,7 +584,7 @@ def run(config, workdir: pathlib.Path) -> dict:
             if why:
                 line = {"id": pair_id(i), "index": i, "reasons": why, "mask_fraction": float((mask > 0).mean())}
                 with rejected_lock:
-                    with open(rejected_path, "a") as f:
+                    with faults.writing(rejected_path), open(rejected_path, "a") as f:
                         f.write(json.dumps(line) + "\n")
                     rejected[line["id"]] = line
                 continue

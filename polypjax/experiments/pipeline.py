@@ -65,13 +65,17 @@ def data_sources(config) -> list[tuple[str, str, str]]:
 
 
 def merge(base: ml_collections.ConfigDict, overrides, where: str) -> ml_collections.ConfigDict:
-    """`overrides` (nested dict) written into `base`; a key `base` lacks is a ConfigError."""
+    """`overrides` (nested dict) written into `base`; a key `base` lacks, or a value of another type
+    than the stage's field, is a ConfigError naming the pipeline's field."""
+    if not isinstance(overrides, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"config.{where} must be a block of fields, got {type(overrides).__name__} {overrides!r}")
     for key, value in dict(overrides).items():
         if key not in base:
             raise ConfigError(f"config.{where}.{key}: the stage config has no field {key!r}")
         if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(base[key], ml_collections.ConfigDict):
             merge(base[key], value, f"{where}.{key}")
         else:
+            configlib.check_type(value, base[key], f"config.{where}.{key}")
             base[key] = value
     return base
 
@@ -536,6 +540,13 @@ def validate(config) -> None:
         if mode not in families:
             raise ConfigError(f"config.generate.mode_overrides.{mode}: {mode!r} is not a generation mode; "
                               f"choose from {tuple(families)}")
+    # Every stage's overrides merge (a missing field, a value of the wrong type) before the first
+    # stage runs; the stages' own values are checked when each is resolved.
+    for mode in set(modes) | set(config.generate.get("mode_overrides", {})):
+        generate_config(config, pathlib.Path("generators"), 1, mode, pathlib.Path("masks"))
+    evaluate_config(config, [], None)
+    for model in s.models:
+        segmentation_config(config, model, "real", seed=0)
 
 
 def run(config, workdir: pathlib.Path) -> dict:

@@ -8,6 +8,7 @@ import json
 import pathlib
 import sys
 
+from polypjax import faults
 from polypjax.data.sources import DataError
 
 
@@ -59,6 +60,12 @@ def main(argv=None) -> int:
         (_make if args.command == "make" else _score)(args)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an output folder closed to this user, a full disk: one line (polypjax.faults)
+        line = faults.describe(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 1
     return 0
 

@@ -40,10 +40,32 @@ def bytes_per_device(tree) -> int:
     return max(held.values(), default=0)
 
 
+class _Recorder(threading.Thread):
+    """A thread whose exception (a full disk under compute.json) is raised again by `join`, in the
+    training loop, instead of dying with a traceback while the run goes on without its record."""
+
+    def __init__(self, target, name: str):
+        super().__init__(name=name, daemon=True)
+        self._work, self.error = target, None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as e:  # handed to the thread that joins
+            self.error = e
+
+    def join(self, timeout=None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 def record_step_flops(workdir, jitted, *args, **extra) -> threading.Thread | None:
     """Writes `<workdir>/compute.json` (FLOPs per training step, device count, and `extra`) once per
     workdir, in a thread: its trace costs seconds of a short run, and overlaps training when started
-    after the first step. Join the returned thread before the workdir is finished."""
+    after the first step. Join the returned thread before the workdir is finished: the join raises
+    what made the thread fail."""
     path = pathlib.Path(workdir) / "compute.json"
     if path.exists() or jax.process_index() != 0:
         return None
@@ -58,6 +80,6 @@ def record_step_flops(workdir, jitted, *args, **extra) -> threading.Thread | Non
                   "source": "XLA cost analysis of the unoptimised train step (XLA's convolutions)"}
         export.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
-    thread = threading.Thread(target=write, name="step-flops", daemon=True)
+    thread = _Recorder(write, name="step-flops")
     thread.start()
     return thread

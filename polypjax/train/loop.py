@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from polypjax import parallel
+from polypjax import faults, parallel
 from polypjax.train import compute
 from polypjax.train import writers as writers_lib
 from polypjax.train.state import TrainState, make_optimizer
@@ -150,6 +150,8 @@ def _restore_latest_good(mngr, state, shardings, data_iter):
         try:
             restored = _restore(mngr, step, state, shardings, data_iter)
         except Exception as e:  # orbax / tensorstore raise many types for damaged files
+            if faults.permission_denied(e):
+                raise  # the files may be whole: deleting them would lose the run's training
             logging.warning("checkpoint step %d in %s cannot be restored (%s: %s); removing it and "
                             "trying the one before", step, mngr.directory, type(e).__name__, str(e)[:200])
             mngr.delete(step)
@@ -165,9 +167,26 @@ def train(task: Task, config, workdir: str | pathlib.Path) -> TrainState:
     # tensorflow (TensorBoard writer) takes seconds to import: done while XLA compiles.
     warm = threading.Thread(target=writers_lib.tensorflow_available, name="import-tensorflow", daemon=True)
     warm.start()
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    num_steps = int(config.train.num_steps)
-    data_iter = iter(task.train_iterator())
+    try:
+        mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+        num_steps = int(config.train.num_steps)
+        data_iter = iter(task.train_iterator())
+        try:
+            return _train(task, config, workdir, mesh, num_steps, data_iter, warm)
+        finally:
+            # Also when the run fails before its first step (a data file gone): grain's workers and their
+            # shared memory would otherwise outlive it, and Python reports the memory leaked at exit.
+            _close(data_iter)
+    finally:
+        # A run that fails before _train joins it (an unreadable checkpoint, a data file gone) would
+        # leave the import running while main prints the error and exits: tensorflow loads its
+        # libraries one after another and each prints its oneDNN banner, so the second one came
+        # after the `error:` line. Waiting for the import (seconds at most, already under way) keeps
+        # its output before the error and nothing importing tensorflow after it.
+        warm.join()
+
+
+def _train(task: Task, config, workdir: pathlib.Path, mesh, num_steps: int, data_iter, warm) -> TrainState:
     start_state = data_iter.get_state()
     first = parallel.global_batch(next(data_iter), mesh)  # shapes for initialisation
     data_iter.set_state(start_state)  # so the first batch is also the first one trained on

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from polypjax import faults
+
 
 def tensorflow_available() -> bool:
     try:
@@ -32,7 +34,7 @@ class JsonlWriter:
 
     def write_scalars(self, step: int, scalars: dict) -> None:
         record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-        with open(self.path, "a") as f:
+        with faults.writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def write_images(self, step, images):
