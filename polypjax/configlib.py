@@ -94,7 +94,8 @@ HOW_FIELDS = ("model.conv",)
 # The copy_paste block is read by the copy_paste regime only, which no earlier run used.
 ADDED_FIELDS = {"diffusion.min_snr_gamma": 0.0, "diffusion.timestep_sampling": "uniform",
                 "data.image_scaling": "full", "data.seed": -1, "regime.augment": False,
-                "regime.copy_paste": copy_paste_config().to_dict()}
+                "regime.copy_paste": copy_paste_config().to_dict(),
+                "generate.paint": {"placement": "away", "copy_paste": copy_paste_config().to_dict()}}
 
 
 def _parent(out: dict, dotted: str) -> tuple[dict | None, str]:

@@ -68,3 +68,23 @@ def test_interval_agrees_with_scipy_paired_percentile_bootstrap():
     assert r["ci"][0] < r["mean"] < r["ci"][1]
     # Fixed resampling seed: the same interval every time.
     assert paired.paired_difference(as_runs(cand_scores), as_runs(base_scores))["ci"] == r["ci"]
+
+
+def test_augmented_copies_baseline_is_named_like_for_like():
+    """An augmented-copies run beside mixed+aug is its own baseline, not the one beside plain mixed
+    (the paired table keys baselines by name: the two would overwrite each other)."""
+    from polypjax.experiments.report import baseline_name
+    assert baseline_name({"generator": "augmented_copies", "regime": "mixed"}) == "augmented_copies"
+    assert baseline_name({"generator": "augmented_copies-N50", "regime": "mixed+aug"}) == "augmented_copies+aug"
+    assert baseline_name({"generator": "none", "regime": "copy_paste+aug"}) == "copy_paste+aug"
+    assert baseline_name({"generator": "joint-inpaint", "regime": "mixed+aug"}) is None
+
+
+def test_a_config_written_before_generate_paint_keeps_its_fingerprint():
+    """generate.paint arrived after sets were generated: at its default it leaves a generate
+    stage's fingerprint as it was, so a pipeline resumed with newer code does not regenerate."""
+    from polypjax import configlib
+    new = configlib.load_config("generate").to_dict()
+    old = {k: v for k, v in new.items()}
+    old["generate"] = {k: v for k, v in new["generate"].items() if k != "paint"}
+    assert configlib.what_it_computes(new) == configlib.what_it_computes(old)

@@ -658,13 +658,17 @@ def run(config, workdir: pathlib.Path) -> dict:
                                 upstream=made(name))
 
     copies = bool(s.get("augmented_copies", False))
-    if copies and "mixed" in s.regimes:  # "more data" at the synthetic sets' count, not "better data"
+
+    def mixed_regimes(regimes):  # the copies run beside each mixed regime, with its augmentation
+        return [r for r in regimes if regime_kind(r) == "mixed"]
+    if copies and mixed_regimes(s.regimes):  # "more data" at the synthetic sets' count, not "better data"
         folder = _augmented_copies(workdir, config, train_spec or config.data.train,
                                    int(config.generate.multiple * n_real), "all")
         for model in models:
             for seed in s.seeds:
-                segment(model, "mixed", None, seed, generator="augmented_copies", protocol="baseline",
-                        synthetic=f"{folder}@all")
+                for regime in mixed_regimes(s.regimes):
+                    segment(model, regime, None, seed, generator="augmented_copies", protocol="baseline",
+                            synthetic=f"{folder}@all")
 
     # 4c. the low-data sweep at N real pairs. What each protocol may use: only the generator's
     # weights may have seen more than the N (paper: all training pairs; same_data: the N); frames
@@ -702,7 +706,7 @@ def run(config, workdir: pathlib.Path) -> dict:
                         what=f"generate {count} pairs with {gen}{'' if protocol == 'paper' else f'-N{n}'} ({mode}), "
                              f"frames and masks from the N={n} subset"))
         copies_n = (_augmented_copies(workdir, config, subset_spec, count, f"N{n}")
-                    if copies and "mixed" in low.regimes else None)
+                    if copies and mixed_regimes(low.regimes) else None)
         for model in models:
             for seed in s.seeds:
                 for regime in low.regimes:
@@ -710,7 +714,7 @@ def run(config, workdir: pathlib.Path) -> dict:
                         segment(model, regime, n, seed, protocol="low_data", train=subset_spec,
                                 fraction=r / (1.0 + r), regimes=low.regimes)
                         continue
-                    if copies_n is not None and regime == "mixed":
+                    if copies_n is not None and regime_kind(regime) == "mixed":
                         segment(model, regime, n, seed, generator=f"augmented_copies-N{n}", protocol="baseline",
                                 train=subset_spec, synthetic=f"{copies_n}@all", fraction=r / (1.0 + r),
                                 regimes=low.regimes)
