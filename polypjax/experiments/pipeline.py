@@ -39,9 +39,9 @@ import numpy as np
 from polypjax import configlib, tasks
 from polypjax.configlib import ConfigError
 from polypjax.data import export
+from polypjax.train.seg_regimes import AUGMENTED  # a regime name's suffix for augmentation on
 
 REAL_REGIMES = ("real", "real_augment", "copy_paste")
-AUGMENTED = "+aug"  # a regime name with this suffix runs that regime with classic augmentation on
 
 
 def regime_kind(regime: str) -> str:

@@ -129,7 +129,7 @@ def baseline_name(run: dict) -> str | None:
     """The baseline a run is (its regime, or `augmented_copies` for the mixed run on augmented
     copies of the real pairs), None for a candidate or another run."""
     if run["generator"].startswith("augmented_copies"):  # beside mixed, or mixed+aug (like for like)
-        from polypjax.experiments.pipeline import AUGMENTED
+        from polypjax.train.seg_regimes import AUGMENTED
         return "augmented_copies" + (AUGMENTED if run["regime"].endswith(AUGMENTED) else "")
     return run["regime"] if is_baseline(run["regime"]) else None
 

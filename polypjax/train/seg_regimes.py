@@ -21,6 +21,7 @@ from polypjax.configlib import ConfigError
 from polypjax.data import catalog, sources
 
 REGIMES = ("real", "real_augment", "copy_paste", "synthetic", "mixed", "replace")
+AUGMENTED = "+aug"  # a pipeline regime name with this suffix runs that regime with classic augmentation on
 
 
 def classic_augmentation(augment):
