@@ -78,7 +78,7 @@ def run_sampler(model_fn, sched, shape, rng, spec: SamplerSpec, *, pred: str, le
     if spec.kind == "dpm++":
         return samplers.dpm_solver_pp_sample(model_fn, sched, shape, rng, steps=spec.steps, pred=pred,
                                              learn_sigma=learn_sigma, indices=indices)
-    spaced = sched if spec.steps >= len(sched) else schedule_lib.respace(sched, [spec.steps])
+    spaced = schedule_lib.respaced(sched, spec.steps)
     if spec.kind == "ddpm":
         return samplers.ddpm_sample(model_fn, spaced, shape, rng, pred=pred, clip_x0=spec.clip_x0,
                                     learn_sigma=learn_sigma, indices=indices)
@@ -150,7 +150,7 @@ class JointGenerator(Generator):
         image = image_u8.astype(jnp.float32) / 127.5 - 1.0
         known = jnp.concatenate([image, -jnp.ones(image.shape[:3] + (1,))], -1)
         known_mask = (1.0 - region.astype(jnp.float32))[..., None]
-        spaced = self.sched if steps >= len(self.sched) else schedule_lib.respace(self.sched, [steps])
+        spaced = schedule_lib.respaced(self.sched, steps)
         x = samplers.repaint_sample(self._model_fn(self.model, params["joint"]), spaced, known, known_mask, rng,
                                     jump_length=jump_length, jump_n_sample=jump_n_sample, pred=self.pred,
                                     learn_sigma=self.learn_sigma, indices=indices, method=method, eta=eta)
@@ -216,7 +216,7 @@ class TwoStageGenerator(Generator):
         the labels as they are; outside the region the real frame is kept. -> image float [-1,1]."""
         image = image_u8.astype(jnp.float32) / 127.5 - 1.0
         known_mask = (1.0 - region.astype(jnp.float32))[..., None]
-        spaced = self.sched if steps >= len(self.sched) else schedule_lib.respace(self.sched, [steps])
+        spaced = schedule_lib.respaced(self.sched, steps)
         return samplers.repaint_sample(self._image_model_fn(params, masks, guidance), spaced, image, known_mask, rng,
                                        jump_length=jump_length, jump_n_sample=jump_n_sample, pred=self.pred,
                                        learn_sigma=self.learn_sigma, indices=indices, method=method, eta=eta)

@@ -180,6 +180,12 @@ def space_timesteps(num_timesteps: int, section_counts: SectionCounts) -> list[i
     return sorted(set(steps))
 
 
+def respaced(sched: Schedule, steps: int) -> Schedule:
+    """``steps`` evenly spaced steps of ``sched`` (:func:`respace`), or ``sched`` itself when it has
+    no more than that: the schedule every sampler and RePaint run on for a step count."""
+    return sched if steps >= len(sched) else respace(sched, [steps])
+
+
 def respace(sched: Schedule, section_counts: Union[SectionCounts, Sequence[int]]) -> Schedule:
     """Keep a subset of ``sched``'s steps with betas that preserve their ``alphas_cumprod``.
 

@@ -6,10 +6,10 @@
 Modes (`generate.mode`): `sample` (image + mask from noise), `inpaint` (the paper: RePaint paints a
 new polyp and its mask into a real frame of `generate.source`, inside the frame's mask dilated by an
 ellipse), `paint` (label-exact: a real polyp mask of another frame is placed in the frame and a
-two_stage generator's mask-conditioned image model paints the frame around it; the label is the
-placed mask, bit for bit, and the frame outside the dilated region is the real one; an `inpainter`
-generator fills the region in the sampler's steps, a two_stage one with RePaint), `sdedit` (real pairs noised to `sdedit.strength` and denoised) and `from_masks` (a
-two_stage image model on the user's masks in `generate.masks`).
+mask-conditioned model paints the frame around it: an `inpainter` generator in the sampler's steps,
+a two_stage one with RePaint; the label is the placed mask, bit for bit, and the frame outside the
+dilated region is the real one), `sdedit` (real pairs noised to `sdedit.strength` and denoised) and
+`from_masks` (a two_stage image model on the user's masks in `generate.masks`).
 
 The folder holds images/*.png, masks/*.png and manifest*.jsonl (export.PairWriter), so it is itself
 a data source. Pair i depends only on (settings, seed, i): its noise is folded from i and its real
@@ -395,8 +395,7 @@ class Mode:
         return image_calls + (steps if self.kind == "sample" and self.generator.kind == "two_stage" else 0)
 
     def _spaced(self, steps):
-        sched = self.generator.sched
-        return sched if steps >= len(sched) else schedule_lib.respace(sched, [steps])
+        return schedule_lib.respaced(self.generator.sched, steps)
 
     def _sdedit_skip(self) -> int:
         n = min(self.spec.steps, len(self.generator.sched))
